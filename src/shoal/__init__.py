@@ -1,0 +1,63 @@
+"""shoal: batch processing that survives.
+
+Run a function over many items on one core, threads, processes, an asyncio
+loop or a Dask cluster, with per-item results, retries, timeouts, rate
+limits, bounded memory, progress and checkpoint/resume::
+
+    import shoal
+    values = shoal.map(fetch, urls, backend="threads", workers=50, retries=3)
+    report = shoal.run(score, rows, on_error="collect_errors")
+    for r in shoal.imap(parse, open("big.jsonl")): ...
+"""
+
+from __future__ import annotations
+
+from shoal._api import aimap, amap, arun_batch, imap, map, run
+from shoal._bridge import arun
+from shoal._errors import (
+    BackendUnavailable,
+    BatchInterrupted,
+    BrokenBackend,
+    CheckpointMismatch,
+    InvalidItemsError,
+    InvalidOptionError,
+    NotPicklable,
+    RemoteTraceback,
+    ShoalError,
+    WorkerCrashed,
+)
+from shoal._options import Options
+from shoal._ratelimit import RateLimit
+from shoal._results import BatchReport, ItemResult
+from shoal._retry import RetryPolicy
+from shoal._split import iter_batches, merge, split
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendUnavailable",
+    "BatchInterrupted",
+    "BatchReport",
+    "BrokenBackend",
+    "CheckpointMismatch",
+    "InvalidItemsError",
+    "InvalidOptionError",
+    "ItemResult",
+    "NotPicklable",
+    "Options",
+    "RateLimit",
+    "RemoteTraceback",
+    "RetryPolicy",
+    "ShoalError",
+    "WorkerCrashed",
+    "aimap",
+    "amap",
+    "arun",
+    "arun_batch",
+    "imap",
+    "iter_batches",
+    "map",
+    "merge",
+    "run",
+    "split",
+]

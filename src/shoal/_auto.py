@@ -1,0 +1,69 @@
+"""``backend="auto"``: a pure decision from a probe of the first items.
+
+The driver runs the first items inline and measures wall time and the CPU time
+of the thread that ran them; ``choose_backend`` turns that into a backend and
+a sentence saying why. The probe items are real: their results are kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: below this many seconds per item, handing items to workers costs more than the work
+TINY_ITEM_SECONDS = 200e-6
+#: CPU time below this share of wall time means the item mostly waits (I/O)
+IO_BOUND_CPU_SHARE = 0.5
+#: parallel start-up is not worth it when the remaining work is shorter than this
+MIN_PARALLEL_WORK_SECONDS = 0.5
+PROBE_MAX_ITEMS = 16
+PROBE_MAX_SECONDS = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeSample:
+    """What the probe measured over the first ``items`` items."""
+
+    items: int
+    wall: float
+    cpu: float
+    exhausted: bool = False  # the input ran out during the probe
+    remaining: int | None = None  # items left, when the input has a length
+
+    @property
+    def per_item(self) -> float:
+        return self.wall / self.items if self.items else 0.0
+
+    @property
+    def cpu_share(self) -> float:
+        return self.cpu / self.wall if self.wall > 0 else 1.0
+
+
+def choose_backend(
+    is_async: bool, sample: ProbeSample | None, cpus: int, processes_available: bool = True
+) -> tuple[str, str]:
+    """Pick a backend: (name, reason). ``sample`` is None when no probe ran."""
+    if is_async:
+        return "asyncio", "fn is a coroutine function: run natively on asyncio"
+    if sample is None or sample.items == 0:
+        return "threads", "no probe possible: threads are the safe default"
+    if sample.exhausted:
+        return "sequential", f"all {sample.items} item(s) finished during the probe"
+    per_us = sample.per_item * 1e6
+    share = sample.cpu_share
+    if sample.per_item < TINY_ITEM_SECONDS:
+        return "sequential", (
+            f"items take {per_us:.0f} us each: inline is faster than any pool"
+        )
+    left = None if sample.remaining is None else sample.per_item * sample.remaining
+    if left is not None and left < MIN_PARALLEL_WORK_SECONDS:
+        return "sequential", (
+            f"about {left:.2f} s of work left: "
+            "not worth starting workers"
+        )
+    if share < IO_BOUND_CPU_SHARE:
+        return "threads", f"I/O-bound: CPU time is {share:.0%} of wall time ({per_us:.0f} us/item)"
+    if cpus > 1 and processes_available:
+        return "processes", (
+            f"CPU-bound: CPU time is {share:.0%} of wall time ({per_us:.0f} us/item), {cpus} CPUs"
+        )
+    return "sequential", f"CPU-bound on {cpus} CPU: no parallel speed-up possible"

@@ -1,0 +1,40 @@
+"""Backends, found by name and imported only when used.
+
+A backend starts workers that pull tasks from the engine (``Engine.acquire``),
+run them and report (``Engine.complete``); it can ``abandon`` a task that timed
+out and ``shutdown``. Everything else (retries, timeouts, rate limits, ordering,
+failure strategies, progress, checkpoints) is the engine's.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from shoal._backends._base import Backend, InlineBackend
+
+# name -> "module:Class"; the module is imported on first use only, so that
+# ``import shoal`` never imports multiprocessing, dask or numpy.
+_REGISTRY: dict[str, str] = {
+    "sequential": "shoal._backends._sequential:SequentialBackend",
+    "threads": "shoal._backends._threads:ThreadBackend",
+    "asyncio": "shoal._backends._asyncio:AsyncioBackend",
+    "processes": "shoal._backends._processes:ProcessBackend",
+    "dask": "shoal._backends._dask:DaskBackend",
+}
+
+
+def backend_class(name: str) -> type[Backend]:
+    """The backend class registered under ``name``.
+
+    Raises:
+        KeyError: no backend of that name (options validation reports it first).
+        BackendUnavailable: the backend's optional dependency is missing.
+    """
+    module_name, _, cls_name = _REGISTRY[name].partition(":")
+    module = importlib.import_module(module_name)
+    cls: Any = getattr(module, cls_name)
+    return cls  # type: ignore[no-any-return]
+
+
+__all__ = ["Backend", "InlineBackend", "backend_class"]

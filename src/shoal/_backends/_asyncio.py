@@ -1,0 +1,160 @@
+"""The asyncio backend: a fixed set of worker coroutines on the consumer's loop.
+
+Why workers and not one ``asyncio.Task`` per item: creating a task, a done
+callback and a wake-up per item costs more than the work of a short coroutine;
+with 100,000 items at concurrency 10,000 a task-per-item loop reaches ~40% of
+the ideal time on a 2-core machine, a worker pool ~85%. Each worker awaits the
+user's coroutine directly, so an item costs one ``await``.
+
+Everything here runs on the loop's thread (completions and the consumer too),
+so the waiter queue needs no lock. A timed-out item is cancelled for real: the
+worker running it receives ``CancelledError`` inside the user's coroutine and
+goes on with the next item.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import math
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from shoal._backends._base import Backend
+from shoal._calling import Outcome
+
+if TYPE_CHECKING:
+    from shoal._engine import Engine, Task
+
+
+class AsyncioBackend(Backend):
+    """Coroutines on one event loop: for I/O-bound ``async def`` functions.
+
+    A plain ``def`` function runs on the loop itself and blocks it while it
+    runs; use threads for blocking code.
+    """
+
+    name = "asyncio"
+    runs_on_loop = True
+    can_interrupt = True
+
+    @classmethod
+    def default_workers(cls) -> int:
+        return 100
+
+    def start(self, engine: Engine) -> None:
+        self._engine = engine
+        self._loop = asyncio.get_running_loop()
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._current: dict[int, Task] = {}  # worker id -> task it runs
+        self._inner: dict[int, asyncio.Future[Any]] = {}  # worker id -> item task (timeouts)
+        self._closing = False
+        engine.on_capacity = self._wake_one
+        self._ready = self._loop.create_task(self._initialize())
+        self._workers = {wid: self._loop.create_task(self._run(wid)) for wid in range(self.workers)}
+
+    async def _initialize(self) -> None:
+        init = self.options.initializer
+        if init is not None:
+            result = init(*self.options.initargs)
+            if inspect.isawaitable(result):
+                await result
+
+    def _wake_one(self) -> None:
+        waiters = self._waiters
+        while waiters:
+            fut = waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
+
+    async def _wait(self, seconds: float) -> None:
+        fut: asyncio.Future[None] = self._loop.create_future()
+        self._waiters.append(fut)
+        handle = None
+        if not math.isinf(seconds):
+            handle = self._loop.call_later(seconds, _resolve, fut)
+        try:
+            await fut
+        finally:
+            if handle is not None:
+                handle.cancel()
+
+    async def _run(self, wid: int) -> None:
+        try:
+            await self._ready
+        except BaseException as exc:
+            self._engine.fail_run(exc)
+            return
+        engine = self._engine
+        fn = self.fn
+        name = f"asyncio-{wid}"
+        current = self._current
+        perf = time.perf_counter
+        timed = self.options.timeout is not None
+        while not self._closing:
+            got = engine.acquire()
+            if got is None:
+                return
+            if isinstance(got, float):
+                await self._wait(got)
+                continue
+            if self._waiters:
+                self._wake_one()  # pass the baton: there may be more work
+            current[wid] = got
+            values: list[Any] = []
+            errors: dict[int, BaseException] | None = None
+            start = perf()
+            try:
+                for k, item in enumerate(got.items):
+                    try:
+                        value = fn(item)
+                        if inspect.isawaitable(value):
+                            if timed:
+                                # Its own task, so that abandon() cancels this
+                                # item and nothing else.
+                                inner = asyncio.ensure_future(value)
+                                self._inner[wid] = inner
+                                value = await inner
+                            else:
+                                value = await value
+                        values.append(value)
+                    except Exception as exc:
+                        values.append(None)
+                        if errors is None:
+                            errors = {}
+                        errors[k] = exc
+            except asyncio.CancelledError:
+                if self._closing or not got.closed:
+                    raise
+                continue  # our item timed out; the engine has failed it already
+            finally:
+                current.pop(wid, None)
+                self._inner.pop(wid, None)
+            engine.complete(got, Outcome(values, errors, perf() - start, name))
+
+    def abandon(self, task: Task) -> None:
+        for wid, running in list(self._current.items()):
+            inner = self._inner.get(wid)
+            if running is task and inner is not None:
+                inner.cancel()
+
+    def shutdown(self, cancel: bool) -> None:
+        self._closing = cancel
+        if cancel:
+            self._ready.cancel()
+            for t in self._workers.values():
+                t.cancel()
+        for fut in self._waiters:
+            if not fut.done():
+                fut.set_result(None)
+        self._waiters.clear()
+
+    async def aclose(self) -> None:
+        await asyncio.gather(self._ready, *self._workers.values(), return_exceptions=True)
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)

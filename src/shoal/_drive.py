@@ -1,0 +1,309 @@
+"""One run: planning (backend, chunking, hooks) and the two consumer loops.
+
+The consumer loop is the only place that waits for results and the only place
+that enforces timeouts: it sleeps until results arrive or the earliest deadline
+passes, then asks the engine to ``expire`` and the backend to ``abandon``.
+It exists twice, once blocking (``segments``) and once awaiting
+(``asegments``), over the same engine and backends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from typing import Any
+
+from shoal._auto import PROBE_MAX_ITEMS, PROBE_MAX_SECONDS, ProbeSample, choose_backend
+from shoal._backends import Backend, InlineBackend, backend_class
+from shoal._backends._base import cpu_count
+from shoal._calling import is_async_callable
+from shoal._engine import Engine, Segment
+from shoal._errors import BatchInterrupted, InvalidItemsError, InvalidOptionError
+from shoal._hooks import ResultStore, RunInfo, RunObserver
+from shoal._options import Options
+from shoal._results import BatchReport, ItemResult
+
+#: chunk size of the inline backend once auto has chosen it for tiny items
+TINY_CHUNK = 1024
+
+
+def _iterate(items: Iterable[Any]) -> Iterator[Any]:
+    if isinstance(items, (str, bytes)):
+        raise InvalidItemsError(
+            f"items is a {type(items).__name__}; shoal would run fn on each character. "
+            "Pass a list of strings (e.g. [text]) or text.splitlines()"
+        )
+    try:
+        return iter(items)
+    except TypeError:
+        hint = " (an async iterable: use shoal.aimap/amap)" if hasattr(items, "__aiter__") else ""
+        raise InvalidItemsError(
+            f"items must be iterable, got {type(items).__name__}{hint}; "
+            "pass a list, a generator or any other iterable"
+        ) from None
+
+
+class Run:
+    """Planning and consumption of one call to map/run/imap/amap/aimap."""
+
+    def __init__(self, fn: Callable[[Any], Any], items: Iterable[Any], opts: Options) -> None:
+        if not callable(fn):
+            raise InvalidOptionError(f"fn must be callable, got {fn!r}")
+        self.fn = fn
+        self.opts = opts
+        self.started = time.perf_counter()
+        self.delivered: list[ItemResult[Any]] = []  # kept only when a report is wanted
+        source = _iterate(items)
+        self.total: int | None = opts.total
+        if self.total is None and hasattr(items, "__len__"):
+            self.total = len(items)  # type: ignore[arg-type]
+        self.is_async = is_async_callable(fn)
+        name = opts.backend
+        self.reason = "chosen by the caller"
+        if name == "auto":
+            if self.is_async:
+                name, self.reason = choose_backend(True, None, cpu_count())
+            else:
+                name = ""  # decided by the probe, on the consumer side
+        elif name == "sequential" and opts.timeout is not None:
+            name = "threads"
+            self.reason = "sequential with a timeout: one worker thread, so a hung item can be left"
+            opts = _replace(opts, workers=1)
+            self.opts = opts
+        self.backend: Backend | None = self._make_backend(name) if name else None
+        chunk = self._chunk_size()
+        max_in_flight = opts.max_in_flight or max(64, 4 * self._workers() * chunk)
+        self.store: ResultStore | None = _open_store(opts.checkpoint, fn)
+        self.engine = Engine(source, opts, chunk_size=chunk, max_in_flight=max_in_flight,
+                             store=self.store)
+        self.observers: list[RunObserver] = []
+        if opts.progress:
+            from shoal._progress import make_progress
+
+            obs = make_progress(opts.progress, opts.total)
+            if obs is not None:
+                self.observers.append(obs)
+
+    # --------------------------------------------------------------- planning
+    def _make_backend(self, name: str) -> Backend:
+        cls = backend_class(name)
+        workers = self.opts.workers or cls.default_workers()
+        return cls(self.fn, self.opts, workers)
+
+    def _workers(self) -> int:
+        return self.backend.workers if self.backend is not None else 1
+
+    def _chunk_size(self) -> int:
+        if self.opts.chunk_size != "auto":
+            if self.opts.timeout is not None and self.opts.chunk_size > 1 and (
+                self.backend is None or not self.backend.name == "processes"
+            ):
+                raise InvalidOptionError(
+                    "timeout is per item and needs chunk_size=1 on this backend; "
+                    'drop chunk_size or use chunk_size="auto"'
+                )
+            return self.opts.chunk_size
+        if self.backend is None:
+            return 1  # the probe measures item by item
+        return self.backend.auto_chunk_size()
+
+    @property
+    def backend_name(self) -> str:
+        return self.backend.name if self.backend is not None else "auto"
+
+    def _start_observers(self) -> None:
+        info = RunInfo(self.total, self.backend_name, self._workers())
+        for obs in self.observers:
+            obs.on_start(info)
+
+    # ------------------------------------------------------------- auto probe
+    def _probe(self) -> None:
+        """Run first items inline, measure, and choose the backend."""
+        probe = backend_class("sequential")(self.fn, self.opts, 1)
+        assert isinstance(probe, InlineBackend)
+        probe.start(self.engine)
+        n = wall = cpu = 0.0
+        while n < PROBE_MAX_ITEMS and wall < PROBE_MAX_SECONDS and self.engine.probe_can_continue():
+            w0, c0 = time.perf_counter(), time.thread_time()
+            probe.step(self.engine)
+            wall += time.perf_counter() - w0
+            cpu += time.thread_time() - c0
+            n += 1
+        exhausted = self.engine.exhausted
+        remaining = None if self.total is None else max(0, self.total - int(n))
+        sample = ProbeSample(int(n), wall, cpu, exhausted, remaining)
+        available = importlib.util.find_spec("shoal._backends._processes") is not None
+        name, self.reason = choose_backend(False, sample, cpu_count(), available)
+        self.reason = f"auto: {self.reason}"
+        self.backend = self._make_backend(name)
+        chunk = TINY_CHUNK if name == "sequential" else self.backend.auto_chunk_size()
+        self.engine.set_chunk_size(chunk, max(64, 4 * self.backend.workers * chunk))
+
+    # ------------------------------------------------------------ delivery
+    def deliver(self, segs: list[Segment], keep: bool) -> list[ItemResult[Any]] | None:
+        """Hand settled segments to the checkpoint and observers."""
+        if not (keep or self.store is not None or self.observers):
+            return None
+        results = [r for s in segs for r in s.item_results()]
+        if self.store is not None:
+            fresh = [r for r in results if not r.restored]
+            if fresh:
+                self.store.record(fresh)
+        for obs in self.observers:
+            obs.on_results(results)
+        if keep:
+            self.delivered.extend(results)
+        return results
+
+    def check(self) -> None:
+        """Raise the run's error, if it has one (all_or_nothing, broken input)."""
+        eng = self.engine
+        error = eng.fatal or eng.failure
+        if error is not None:
+            if eng.failure is error and hasattr(error, "add_note"):
+                notes = getattr(error, "__notes__", [])
+                note = "shoal: on_error='all_or_nothing' stopped the batch at this failure"
+                if note not in notes:
+                    error.add_note(note)
+            raise error
+
+    def report(self, interrupted: bool = False) -> BatchReport[Any]:
+        results = self.delivered
+        if interrupted:
+            results = results + [r for s in self.engine.undelivered() for r in s.item_results()]
+            results.sort(key=lambda r: r.index)
+        return BatchReport(results, self.backend_name, self.reason, self._workers(),
+                           time.perf_counter() - self.started, interrupted)
+
+    def close(self, report: BatchReport[Any] | None) -> None:
+        try:
+            for obs in self.observers:
+                obs.on_finish(report)
+        finally:
+            if self.store is not None:
+                self.store.close()
+
+    def interrupted(self) -> BatchInterrupted:
+        report = self.report(interrupted=True)
+        self.close(report)
+        return BatchInterrupted(report)
+
+    # ------------------------------------------------------- consumer: sync
+    def segments(self) -> Iterator[list[Segment]]:
+        """Settled segments as they become deliverable; blocks in between."""
+        engine = self.engine
+        wake = threading.Event()
+        engine.on_settled = wake.set
+        if self.backend is None:
+            self._probe()
+        backend = self.backend
+        assert backend is not None
+        self._start_observers()
+        inline = backend if isinstance(backend, InlineBackend) else None
+        backend.start(engine)
+        clean = False
+        try:
+            while True:
+                wake.clear()
+                segs = engine.take()
+                if segs:
+                    yield segs
+                    continue
+                self.check()
+                if engine.finished():
+                    break
+                if inline is not None:
+                    inline.step(engine)
+                    continue
+                deadline = engine.next_deadline()
+                wake.wait(None if deadline is None else max(0.0, deadline - engine.clock()))
+                if deadline is not None:
+                    for task in engine.expire():
+                        backend.abandon(task)
+            clean = True
+        finally:
+            if not clean:
+                engine.stop()
+            backend.shutdown(cancel=not clean)
+
+    # ------------------------------------------------------ consumer: async
+    async def asegments(self) -> AsyncIterator[list[Segment]]:
+        """``segments`` for a coroutine consumer; never blocks the loop."""
+        engine = self.engine
+        loop = asyncio.get_running_loop()
+        loop_thread = threading.get_ident()
+        wake = asyncio.Event()
+        pending = False
+
+        def set_from_loop() -> None:
+            nonlocal pending
+            pending = False
+            wake.set()
+
+        def on_settled() -> None:
+            nonlocal pending
+            if threading.get_ident() == loop_thread:
+                wake.set()
+            elif not pending:  # coalesce wake-ups from worker threads
+                pending = True
+                loop.call_soon_threadsafe(set_from_loop)
+
+        engine.on_settled = on_settled
+        if self.backend is None:
+            self._probe()
+        backend = self.backend
+        assert backend is not None
+        self._start_observers()
+        inline = backend if isinstance(backend, InlineBackend) else None
+        backend.start(engine)
+        clean = False
+        try:
+            while True:
+                wake.clear()
+                segs = engine.take()
+                if segs:
+                    yield segs
+                    continue
+                self.check()
+                if engine.finished():
+                    break
+                if inline is not None:
+                    await inline.astep(engine)
+                    continue
+                deadline = engine.next_deadline()
+                timeout = None if deadline is None else max(0.0, deadline - engine.clock())
+                try:
+                    await asyncio.wait_for(wake.wait(), timeout)
+                except asyncio.TimeoutError:
+                    pass
+                if deadline is not None:
+                    for task in engine.expire():
+                        backend.abandon(task)
+            clean = True
+        finally:
+            if not clean:
+                engine.stop()
+            if backend.runs_on_loop:
+                backend.shutdown(cancel=not clean)
+                await backend.aclose()  # type: ignore[attr-defined]
+            else:
+                await asyncio.shield(loop.run_in_executor(None, backend.shutdown, not clean))
+
+
+def _replace(opts: Options, **changes: Any) -> Options:
+    import dataclasses
+
+    return dataclasses.replace(opts, **changes)
+
+
+def _open_store(spec: Any, fn: Callable[[Any], Any]) -> ResultStore | None:
+    if spec is None or spec is False:
+        return None
+    if isinstance(spec, ResultStore):
+        return spec
+    from shoal._checkpoint import open_checkpoint
+
+    return open_checkpoint(spec, fn)

@@ -1,0 +1,95 @@
+"""shoal's exception hierarchy.
+
+A failure of one item is *data*: it lives in ``ItemResult.error`` and never
+raises unless the failure strategy is ``"all_or_nothing"`` (then the item's own
+exception is raised, unchanged in type). The classes below are for everything
+else::
+
+    ShoalError(Exception)
+    ├── InvalidOptionError(ShoalError, ValueError)   bad option or argument value
+    ├── InvalidItemsError(ShoalError, TypeError)     ``items`` is not iterable
+    ├── BackendUnavailable(ShoalError, ImportError)  optional extra not installed
+    ├── CheckpointMismatch(ShoalError, ValueError)   checkpoint made by another job
+    ├── BrokenBackend(ShoalError, RuntimeError)      the pool itself died
+    ├── WorkerCrashed(ShoalError, RuntimeError)      per item: its worker died
+    ├── NotPicklable(ShoalError, TypeError)          fn/item/result cannot cross
+    └── RemoteTraceback(ShoalError)                  a worker-side traceback, as __cause__
+    BatchInterrupted(KeyboardInterrupt)              Ctrl-C; carries the partial report
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from shoal._results import BatchReport
+
+
+class ShoalError(Exception):
+    """Base class of every exception shoal raises on its own account."""
+
+
+class InvalidOptionError(ShoalError, ValueError):
+    """An option or argument has a value shoal cannot use."""
+
+
+class InvalidItemsError(ShoalError, TypeError):
+    """``items`` is not an iterable (or async iterable)."""
+
+
+class BackendUnavailable(ShoalError, ImportError):
+    """A backend needs an optional dependency that is not installed."""
+
+
+class CheckpointMismatch(ShoalError, ValueError):
+    """A checkpoint file belongs to another job (other function or items)."""
+
+
+class BrokenBackend(ShoalError, RuntimeError):
+    """The backend can no longer run work (not one item: the whole pool)."""
+
+
+class WorkerCrashed(ShoalError, RuntimeError):
+    """The worker running an item died (exit code or signal in the message).
+
+    Attributes:
+        exitcode: the process exit code; negative for a signal, as in
+            ``multiprocessing``; None when unknown.
+    """
+
+    def __init__(self, message: str, exitcode: int | None = None) -> None:
+        super().__init__(message)
+        self.exitcode = exitcode
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.exitcode))
+
+
+class NotPicklable(ShoalError, TypeError):
+    """A function, item or result cannot be serialized to cross to a worker."""
+
+
+class RemoteTraceback(ShoalError):
+    """The formatted traceback of an exception raised in another process.
+
+    Attached as ``__cause__`` of the re-raised exception, so the worker-side
+    frames print under "The above exception was the direct cause of...".
+    """
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.tb}"""'
+
+
+class BatchInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a batch. ``report`` holds every result finished so far."""
+
+    def __init__(self, report: BatchReport[Any]) -> None:
+        super().__init__(
+            f"batch interrupted after {report.total} finished item(s); "
+            "see .report for their results"
+        )
+        self.report = report

@@ -1,0 +1,166 @@
+"""What a batch produces: one ``ItemResult`` per item and a ``BatchReport``."""
+
+from __future__ import annotations
+
+import math
+import traceback as _tb
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class ItemResult(Generic[T]):
+    """The outcome of one item.
+
+    Attributes:
+        index: the item's position in the input (0-based).
+        item: the input item itself.
+        ok: True when ``fn`` returned; ``value`` holds what it returned.
+        value: the return value (None on failure).
+        error: the exception of the last attempt (None on success). For an
+            exception raised in another process its ``__cause__`` is a
+            ``RemoteTraceback`` holding the worker-side traceback.
+        attempts: how many times the item was run (1 + retries used).
+        duration: seconds of the last attempt. Inside a chunk of several items
+            this is the chunk's time divided by its size.
+        worker: which worker ran it (thread name, ``pid:1234``, a Dask address).
+        restored: True when the result came from a checkpoint, not a new run.
+    """
+
+    index: int
+    item: Any
+    ok: bool
+    value: T | None = None
+    error: BaseException | None = None
+    attempts: int = 1
+    duration: float = 0.0
+    worker: str = ""
+    restored: bool = False
+
+    @property
+    def traceback(self) -> str:
+        """The formatted traceback of ``error`` (worker side included), or ''."""
+        if self.error is None:
+            return ""
+        return "".join(_tb.format_exception(self.error))
+
+    def unwrap(self) -> T:
+        """Return ``value``, or raise ``error`` if the item failed.
+
+        Raises:
+            BaseException: the item's own exception.
+        """
+        if not self.ok:
+            assert self.error is not None
+            raise self.error
+        return self.value  # type: ignore[return-value]
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile ``q`` in [0, 100] of sorted values."""
+    if not sorted_values:
+        return math.nan
+    pos = (len(sorted_values) - 1) * q / 100.0
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    frac = pos - lo
+    return sorted_values[lo] * (1 - frac) + sorted_values[hi] * frac
+
+
+@dataclass
+class BatchReport(Generic[T]):
+    """Everything about one finished (or interrupted) batch.
+
+    Attributes:
+        results: one ``ItemResult`` per finished item, in input order.
+        backend: the backend that ran the batch.
+        backend_reason: why it was chosen (``backend="auto"`` explains its probe).
+        workers: how many workers ran.
+        wall_time: seconds from start to the last result.
+        interrupted: True when Ctrl-C stopped the batch early.
+    """
+
+    results: list[ItemResult[T]]
+    backend: str
+    backend_reason: str
+    workers: int
+    wall_time: float
+    interrupted: bool = False
+    _sorted_durations: list[float] | None = field(default=None, repr=False)
+
+    @property
+    def values(self) -> list[T | None]:
+        """Values of the successful items, in input order."""
+        return [r.value for r in self.results if r.ok]
+
+    @property
+    def failures(self) -> list[ItemResult[T]]:
+        """The failed items, in input order."""
+        return [r for r in self.results if not r.ok]
+
+    @property
+    def total(self) -> int:
+        return len(self.results)
+
+    @property
+    def succeeded(self) -> int:
+        return sum(1 for r in self.results if r.ok)
+
+    @property
+    def failed(self) -> int:
+        return self.total - self.succeeded
+
+    @property
+    def restored(self) -> int:
+        """How many results came from a checkpoint instead of a new run."""
+        return sum(1 for r in self.results if r.restored)
+
+    @property
+    def throughput(self) -> float:
+        """Items per second over the wall time."""
+        return self.total / self.wall_time if self.wall_time > 0 else math.inf
+
+    def latency(self, q: float) -> float:
+        """Percentile ``q`` (0-100) of per-item durations, in seconds."""
+        if self._sorted_durations is None:
+            self._sorted_durations = sorted(r.duration for r in self.results if not r.restored)
+        return percentile(self._sorted_durations, q)
+
+    @property
+    def errors_by_type(self) -> dict[str, int]:
+        """Failure counts keyed by exception class name, most common first."""
+        counts = Counter(type(r.error).__name__ for r in self.results if not r.ok)
+        return dict(counts.most_common())
+
+    def raise_first(self) -> None:
+        """Raise the first failure's exception, if any.
+
+        Raises:
+            BaseException: the first failed item's own exception.
+        """
+        for r in self.results:
+            if not r.ok:
+                r.unwrap()
+
+    def summary(self) -> str:
+        """A short human-readable report of the batch."""
+        lines = [
+            f"items: {self.total} ({self.succeeded} ok, {self.failed} failed"
+            + (f", {self.restored} restored from checkpoint" if self.restored else "")
+            + ")" + (" [interrupted]" if self.interrupted else ""),
+            f"backend: {self.backend} x{self.workers} ({self.backend_reason})",
+            f"wall time: {self.wall_time:.3f} s, throughput: {self.throughput:,.1f} items/s",
+            f"latency: p50 {self.latency(50):.4f} s, p95 {self.latency(95):.4f} s, "
+            f"p99 {self.latency(99):.4f} s",
+        ]
+        if self.failed:
+            by_type = ", ".join(f"{k}: {v}" for k, v in self.errors_by_type.items())
+            lines.append(f"failures by type: {by_type}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()

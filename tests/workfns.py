@@ -1,0 +1,77 @@
+"""Functions the behavioural tests run on every backend.
+
+They keep no state in memory (a process or a Dask worker would not share it):
+behaviour is chosen by the item, and anything that must be counted across
+workers goes through files. conftest registers this module to be pickled by
+value, so worker processes need not import it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+async def asquare(x: int) -> int:
+    await asyncio.sleep(0.001)
+    return x * x
+
+
+def fail_on_negative(x: int) -> int:
+    if x < 0:
+        raise ValueError(f"negative item {x}")
+    return x * 10
+
+
+def sleep_then_return(x: float) -> float:
+    time.sleep(x)
+    return x
+
+
+def hang_on(x: Any) -> Any:
+    """Hangs (10 s) for the item "hang", returns it otherwise."""
+    if x == "hang":
+        time.sleep(10)
+    return x
+
+
+async def ahang_on(x: Any) -> Any:
+    if x == "hang":
+        await asyncio.sleep(10)
+    return x
+
+
+def flaky(arg: tuple[str, int]) -> int:
+    """Fails the first attempt of every item (a marker file remembers it)."""
+    folder, x = arg
+    marker = Path(folder) / f"seen-{x}"
+    if not marker.exists():
+        marker.write_text("1")
+        raise ConnectionError(f"transient failure of {x}")
+    return x
+
+
+def count_calls(arg: tuple[str, int]) -> int:
+    """Appends one line per call to a file, so tests count real runs."""
+    folder, x = arg
+    with open(Path(folder) / "calls.txt", "a") as f:
+        f.write(f"{x}\n")
+    return x + 1
+
+
+def calls(folder: str | Path) -> list[int]:
+    path = Path(folder) / "calls.txt"
+    if not path.exists():
+        return []
+    return [int(line) for line in path.read_text().split()]
+
+
+def pid_of(_: Any) -> int:
+    return os.getpid()
