@@ -108,7 +108,7 @@ class Run:
             return self.opts.chunk_size
         if self.backend is None:
             return 1  # the probe measures item by item
-        return self.backend.auto_chunk_size()
+        return self.backend.auto_chunk_size(self.total)
 
     @property
     def backend_name(self) -> str:
@@ -139,7 +139,12 @@ class Run:
         name, self.reason = choose_backend(False, sample, cpu_count(), available)
         self.reason = f"auto: {self.reason}"
         self.backend = self._make_backend(name)
-        chunk = TINY_CHUNK if name == "sequential" else self.backend.auto_chunk_size()
+        if self.opts.chunk_size != "auto":
+            chunk = self.opts.chunk_size
+        elif name == "sequential":
+            chunk = TINY_CHUNK
+        else:
+            chunk = self.backend.auto_chunk_size(None if self.total is None else self.total - n)
         self.engine.set_chunk_size(chunk, max(64, 4 * self.backend.workers * chunk))
 
     # ------------------------------------------------------------ delivery

@@ -135,7 +135,10 @@ class Engine:
         self.fatal: BaseException | None = None  # the input or the backend broke
         # Set by the driver / backend; called without the lock held.
         self.on_settled: Callable[[], None] = _noop
-        self.on_capacity: Callable[[], None] = _noop
+        # on_capacity(everyone): work may be available. everyone=False wakes
+        # one waiting worker (it passes the baton on if it finds work);
+        # everyone=True wakes all, because the run is over for all of them.
+        self.on_capacity: Callable[[bool], None] = _noop_wake
 
     def set_chunk_size(self, chunk_size: int, max_in_flight: int) -> None:
         """Change chunking once ``backend="auto"`` has chosen a backend."""
@@ -169,6 +172,8 @@ class Engine:
             result, settled = self._acquire_locked(now)
         if settled:
             self.on_settled()
+        if result is None:
+            self.on_capacity(True)  # the run is over: let waiting workers exit too
         return result
 
     def _acquire_locked(self, now: float) -> tuple[Task | float | None, bool]:
@@ -246,15 +251,17 @@ class Engine:
         with self._lock:
             if task.closed:
                 return
+            retries_before = len(self._retry_heap)
             now = self.clock()
             n = len(outcome.values)
             per_item = outcome.duration / n if n else 0.0
             first = task.start + task.done
             errors = outcome.errors
             if errors is None:
+                items = task.items if n == len(task.items) else task.items[task.done : task.done + n]
                 self._settle(
-                    Segment(first, n, None, task.items[task.done : task.done + n],
-                            outcome.values, task.attempt, per_item, outcome.worker)
+                    Segment(first, n, None, items, outcome.values, task.attempt, per_item,
+                            outcome.worker)
                 )
             else:
                 self._settle_with_errors(task, outcome, per_item, now)
@@ -265,8 +272,16 @@ class Engine:
             elif task.deadline is not None:
                 task.deadline = now + self._opts.timeout  # type: ignore[operator]
                 heapq.heappush(self._deadlines, (task.deadline, task.seq, task))
+            everyone = self._stopped or self._drained()
+            wake = everyone or len(self._retry_heap) > retries_before
         self.on_settled()
-        self.on_capacity()
+        if wake:
+            self.on_capacity(everyone)
+
+    def _drained(self) -> bool:
+        """No work is left to hand out and none can appear (lock held)."""
+        return (self._exhausted and not self._in_flight and not self._held
+                and not self._retry_heap)
 
     def _settle_with_errors(
         self, task: Task, outcome: Outcome, per_item: float, now: float
@@ -326,7 +341,8 @@ class Engine:
                 rest = Task(task.start + task.done, task.items[task.done :], task.attempt,
                             next(self._seq))
                 self._held.appendleft(rest)
-        self.on_capacity()
+            everyone = self._drained()
+        self.on_capacity(everyone)
 
     # ---------------------------------------------------------------- timeouts
     def next_deadline(self) -> float | None:
@@ -368,7 +384,8 @@ class Engine:
                     self._held.appendleft(rest)
         if expired:
             self.on_settled()
-            self.on_capacity()
+            for _ in expired:
+                self.on_capacity(False)
         return expired
 
     # ---------------------------------------------------------------- consumer
@@ -391,7 +408,7 @@ class Engine:
             was_full = self._outstanding + self._chunk > self._max_in_flight
             self._outstanding -= freed
         if freed and was_full:
-            self.on_capacity()
+            self.on_capacity(False)
         return out
 
     def finished(self) -> bool:
@@ -406,7 +423,7 @@ class Engine:
         """Stop handing out work (Ctrl-C, or the consumer went away)."""
         with self._lock:
             self._stop_locked()
-        self.on_capacity()
+        self.on_capacity(True)
 
     def _stop_locked(self) -> None:
         self._stopped = True
@@ -420,7 +437,7 @@ class Engine:
                 self.fatal = error
             self._stop_locked()
         self.on_settled()
-        self.on_capacity()
+        self.on_capacity(True)
 
     @property
     def stopped(self) -> bool:
@@ -446,6 +463,10 @@ class Engine:
 
 
 def _noop() -> None:
+    return None
+
+
+def _noop_wake(everyone: bool) -> None:
     return None
 
 

@@ -18,6 +18,7 @@ import asyncio
 import inspect
 import math
 import time
+import types
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,8 @@ from shoal._calling import Outcome
 
 if TYPE_CHECKING:
     from shoal._engine import Engine, Task
+
+_COROUTINE = types.CoroutineType
 
 
 class AsyncioBackend(Backend):
@@ -43,6 +46,15 @@ class AsyncioBackend(Backend):
     def default_workers(cls) -> int:
         return 100
 
+    def auto_chunk_size(self, total: int | None) -> int:
+        # With far more items than workers, a worker that takes a few items
+        # at a time pays the engine's per-task cost once per chunk; four
+        # chunks per worker keep the tail balanced. Timeouts and rate limits
+        # act per item, so they keep chunks of one.
+        if total is None or self.options.timeout is not None or self.options.rate is not None:
+            return 1
+        return max(1, min(64, total // (4 * self.workers)))
+
     def start(self, engine: Engine) -> None:
         self._engine = engine
         self._loop = asyncio.get_running_loop()
@@ -50,7 +62,7 @@ class AsyncioBackend(Backend):
         self._current: dict[int, Task] = {}  # worker id -> task it runs
         self._inner: dict[int, asyncio.Future[Any]] = {}  # worker id -> item task (timeouts)
         self._closing = False
-        engine.on_capacity = self._wake_one
+        engine.on_capacity = self._wake
         self._ready = self._loop.create_task(self._initialize())
         self._workers = {wid: self._loop.create_task(self._run(wid)) for wid in range(self.workers)}
 
@@ -61,7 +73,13 @@ class AsyncioBackend(Backend):
             if inspect.isawaitable(result):
                 await result
 
-    def _wake_one(self) -> None:
+    def _wake(self, everyone: bool = False) -> None:
+        if everyone:
+            for fut in self._waiters:
+                if not fut.done():
+                    fut.set_result(None)
+            self._waiters.clear()
+            return
         waiters = self._waiters
         while waiters:
             fut = waiters.popleft()
@@ -90,7 +108,6 @@ class AsyncioBackend(Backend):
         engine = self._engine
         fn = self.fn
         name = f"asyncio-{wid}"
-        current = self._current
         perf = time.perf_counter
         timed = self.options.timeout is not None
         while not self._closing:
@@ -101,38 +118,59 @@ class AsyncioBackend(Backend):
                 await self._wait(got)
                 continue
             if self._waiters:
-                self._wake_one()  # pass the baton: there may be more work
-            current[wid] = got
+                self._wake()  # pass the baton: there may be more work
+            start = perf()
+            if timed:
+                outcome = await self._run_timed(wid, got, name)
+                if outcome is None:
+                    continue  # our item timed out; the engine has failed it already
+                engine.complete(got, outcome)
+                continue
             values: list[Any] = []
             errors: dict[int, BaseException] | None = None
-            start = perf()
-            try:
-                for k, item in enumerate(got.items):
-                    try:
-                        value = fn(item)
-                        if inspect.isawaitable(value):
-                            if timed:
-                                # Its own task, so that abandon() cancels this
-                                # item and nothing else.
-                                inner = asyncio.ensure_future(value)
-                                self._inner[wid] = inner
-                                value = await inner
-                            else:
-                                value = await value
-                        values.append(value)
-                    except Exception as exc:
-                        values.append(None)
-                        if errors is None:
-                            errors = {}
-                        errors[k] = exc
-            except asyncio.CancelledError:
-                if self._closing or not got.closed:
-                    raise
-                continue  # our item timed out; the engine has failed it already
-            finally:
-                current.pop(wid, None)
-                self._inner.pop(wid, None)
+            for k, item in enumerate(got.items):
+                try:
+                    value = fn(item)
+                    if type(value) is _COROUTINE or inspect.isawaitable(value):
+                        value = await value
+                    values.append(value)
+                except Exception as exc:
+                    values.append(None)
+                    if errors is None:
+                        errors = {}
+                    errors[k] = exc
             engine.complete(got, Outcome(values, errors, perf() - start, name))
+
+    async def _run_timed(self, wid: int, task: Task, name: str) -> Outcome | None:
+        """Run a task whose items have a timeout; None if it was abandoned."""
+        self._current[wid] = task
+        values: list[Any] = []
+        errors: dict[int, BaseException] | None = None
+        start = time.perf_counter()
+        try:
+            for k, item in enumerate(task.items):
+                try:
+                    value = self.fn(item)
+                    if inspect.isawaitable(value):
+                        # Its own task, so that abandon() cancels this item
+                        # and nothing else.
+                        inner = asyncio.ensure_future(value)
+                        self._inner[wid] = inner
+                        value = await inner
+                    values.append(value)
+                except Exception as exc:
+                    values.append(None)
+                    if errors is None:
+                        errors = {}
+                    errors[k] = exc
+        except asyncio.CancelledError:
+            if self._closing or not task.closed:
+                raise
+            return None
+        finally:
+            self._current.pop(wid, None)
+            self._inner.pop(wid, None)
+        return Outcome(values, errors, time.perf_counter() - start, name)
 
     def abandon(self, task: Task) -> None:
         for wid, running in list(self._current.items()):

@@ -45,8 +45,8 @@ class Backend(ABC):
     def default_workers(cls) -> int:
         return 1
 
-    def auto_chunk_size(self) -> int:
-        """Chunk size for ``chunk_size="auto"`` (may look at measurements)."""
+    def auto_chunk_size(self, total: int | None) -> int:
+        """Chunk size for ``chunk_size="auto"``; ``total`` is the input length if known."""
         return 1
 
     @abstractmethod

@@ -57,7 +57,7 @@ class ThreadBackend(Backend):
         # _workers_lock guards _workers (abandon runs on the consumer thread).
         self._workers_lock = threading.Lock()
         self._workers: list[_Worker] = []
-        engine.on_capacity = self._wake_one
+        engine.on_capacity = self._wake
         for _ in range(self.workers):
             self._spawn()
 
@@ -69,16 +69,13 @@ class ThreadBackend(Backend):
             self._workers.append(worker)
         worker.thread.start()
 
-    def _wake_one(self) -> None:
+    def _wake(self, everyone: bool = False) -> None:
         with self._cond:
             self._gen += 1
-            if self._waiting:
+            if everyone:
+                self._cond.notify_all()
+            elif self._waiting:
                 self._cond.notify()
-
-    def _wake_all(self) -> None:
-        with self._cond:
-            self._gen += 1
-            self._cond.notify_all()
 
     def _run(self, me: _Worker) -> None:
         engine = self._engine
@@ -106,7 +103,7 @@ class ThreadBackend(Backend):
                 continue
             # Pass the baton: there may be more work than this one task.
             if self._waiting:
-                self._wake_one()
+                self._wake()
             me.task = got
             outcome = self._run_task(got, name)
             me.task = None
@@ -142,7 +139,7 @@ class ThreadBackend(Backend):
 
     def shutdown(self, cancel: bool) -> None:
         self._closing = cancel
-        self._wake_all()
+        self._wake(everyone=True)
         if cancel:
             return  # daemon threads: a running call finishes on its own
         with self._workers_lock:
