@@ -1,0 +1,173 @@
+"""The scheduler state machine, driven by hand with a fake clock (no threads, no sleep)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+
+from shoal._calling import Outcome
+from shoal._engine import WAIT_FOR_SIGNAL, Engine, Task
+from shoal._options import Options
+from shoal._retry import RetryPolicy
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make(items: Any, clock: Clock, chunk: int = 1, max_in_flight: int = 64,
+         **opts: Any) -> Engine:
+    options = Options.from_kwargs("collect_errors", opts)
+    return Engine(iter(items), options, chunk_size=chunk, max_in_flight=max_in_flight,
+                  clock=clock)
+
+
+def ok(values: list[Any]) -> Outcome:
+    return Outcome(values, None, 0.01 * len(values), "w")
+
+
+def results(engine: Engine) -> list[Any]:
+    return [r for seg in engine.take() for r in seg.item_results()]
+
+
+def test_out_of_order_completion_is_delivered_in_order() -> None:
+    eng = make(range(3), Clock())
+    tasks = [eng.acquire() for _ in range(3)]
+    assert all(isinstance(t, Task) for t in tasks)
+    t0, t1, t2 = tasks  # type: ignore[misc]
+    eng.complete(t2, ok([20]))
+    eng.complete(t1, ok([10]))
+    assert eng.take() == []  # index 0 is not done yet
+    eng.complete(t0, ok([0]))
+    assert [r.value for r in results(eng)] == [0, 10, 20]
+    assert eng.acquire() is None and eng.finished()
+
+
+def test_chunks_are_consecutive_and_bounded() -> None:
+    eng = make(range(10), Clock(), chunk=4)
+    sizes = []
+    while isinstance(task := eng.acquire(), Task):
+        sizes.append((task.start, len(task.items)))
+    assert sizes == [(0, 4), (4, 4), (8, 2)]
+
+
+def test_max_in_flight_stops_pulling_until_the_consumer_takes() -> None:
+    pulled: list[int] = []
+
+    def source() -> Any:
+        for i in range(100):
+            pulled.append(i)
+            yield i
+
+    eng = make(source(), Clock(), chunk=1, max_in_flight=3)
+    tasks = [eng.acquire() for _ in range(3)]
+    assert eng.acquire() == WAIT_FOR_SIGNAL
+    assert len(pulled) == 3
+    for t in tasks:
+        eng.complete(t, ok([1]))  # type: ignore[arg-type]
+    assert eng.acquire() == WAIT_FOR_SIGNAL  # settled but not yet taken
+    woken: list[bool] = []
+    eng.on_capacity = woken.append
+    assert len(results(eng)) == 3
+    assert woken == [False]
+    assert isinstance(eng.acquire(), Task)
+
+
+def test_failure_is_retried_after_the_policy_delay() -> None:
+    clock = Clock()
+    eng = make(["a"], clock, retries=RetryPolicy(retries=1, backoff=2.0, jitter=0))
+    task = eng.acquire()
+    assert isinstance(task, Task)
+    eng.complete(task, Outcome([None], {0: ValueError("boom")}, 0.1, "w"))
+    assert eng.take() == []
+    assert eng.acquire() == pytest.approx(2.0)  # wait before asking again
+    clock.now = 2.0
+    retry = eng.acquire()
+    assert isinstance(retry, Task) and retry.attempt == 2 and retry.items == ["a"]
+    eng.complete(retry, ok(["A"]))
+    [r] = results(eng)
+    assert (r.ok, r.value, r.attempts) == (True, "A", 2)
+
+
+def test_failure_inside_a_chunk_splits_it() -> None:
+    eng = make(range(4), Clock(), chunk=4)
+    task = eng.acquire()
+    assert isinstance(task, Task)
+    eng.complete(task, Outcome([0, None, 2, 3], {1: KeyError("k")}, 0.4, "w"))
+    got = results(eng)
+    assert [(r.index, r.ok) for r in got] == [(0, True), (1, False), (2, True), (3, True)]
+    assert isinstance(got[1].error, KeyError)
+
+
+def test_timeout_fails_the_running_item_and_requeues_the_rest() -> None:
+    clock = Clock()
+    eng = make(range(3), clock, chunk=3, timeout=1.0)
+    task = eng.acquire()
+    assert isinstance(task, Task)
+    eng.complete(task, ok([0]))  # first item finished: deadline restarts
+    clock.now = 0.5
+    assert eng.expire() == []
+    assert eng.next_deadline() == pytest.approx(1.0)
+    clock.now = 1.5
+    assert eng.expire() == [task]
+    rest = eng.acquire()
+    assert isinstance(rest, Task) and rest.start == 2 and rest.items == [2]
+    eng.complete(task, ok([1]))  # the abandoned worker reports late: ignored
+    eng.complete(rest, ok([2]))
+    got = results(eng)
+    assert [r.ok for r in got] == [True, False, True]
+    assert isinstance(got[1].error, TimeoutError)
+    assert "timeout=1.0" in str(got[1].error)
+
+
+def test_release_gives_back_unstarted_items() -> None:
+    eng = make(range(3), Clock(), chunk=3)
+    task = eng.acquire()
+    assert isinstance(task, Task)
+    eng.complete(task, Outcome([None], {0: RuntimeError("crash")}, 0.1, "w"))
+    eng.release(task)
+    again = eng.acquire()
+    assert isinstance(again, Task) and again.start == 1 and again.items == [1, 2]
+
+
+def test_all_or_nothing_stops_handing_out_work() -> None:
+    eng = make(range(10), Clock(), on_error="all_or_nothing")
+    first = eng.acquire()
+    second = eng.acquire()
+    assert isinstance(first, Task) and isinstance(second, Task)
+    eng.complete(first, Outcome([None], {0: ValueError("x")}, 0.0, "w"))
+    assert isinstance(eng.failure, ValueError)
+    assert eng.acquire() is None
+    eng.complete(second, ok([1]))  # what was running still settles
+    assert [(r.index, r.ok) for r in results(eng)] == [(0, False), (1, True)]
+    assert eng.finished()
+
+
+def test_rate_limit_spaces_tasks_without_sleeping() -> None:
+    clock = Clock()
+    eng = make(range(5), clock, rate=(2, 1))
+    assert isinstance(eng.acquire(), Task)
+    wait = eng.acquire()
+    assert isinstance(wait, float) and wait == pytest.approx(0.5)
+    clock.now = 0.5
+    assert isinstance(eng.acquire(), Task)
+
+
+def test_broken_source_stops_the_run() -> None:
+    def source() -> Any:
+        yield 1
+        raise OSError("gone")
+
+    eng = make(source(), Clock(), chunk=5)
+    assert eng.acquire() is None
+    assert isinstance(eng.fatal, OSError)
+
+
+def test_wait_for_signal_is_infinite() -> None:
+    assert math.isinf(WAIT_FOR_SIGNAL)
