@@ -114,6 +114,14 @@ class Run:
     def backend_name(self) -> str:
         return self.backend.name if self.backend is not None else "auto"
 
+    def _start_backend(self, backend: Backend) -> None:
+        opts = self.opts
+        target = backend.adaptive_chunk_seconds
+        if target is not None and opts.chunk_size == "auto" and opts.timeout is None \
+                and opts.rate is None:
+            self.engine.adapt_chunks(target, backend.workers)
+        backend.start(self.engine)
+
     def _start_observers(self) -> None:
         info = RunInfo(self.total, self.backend_name, self._workers())
         for obs in self.observers:
@@ -208,7 +216,7 @@ class Run:
         assert backend is not None
         self._start_observers()
         inline = backend if isinstance(backend, InlineBackend) else None
-        backend.start(engine)
+        self._start_backend(backend)
         clean = False
         try:
             while True:
@@ -263,7 +271,7 @@ class Run:
         assert backend is not None
         self._start_observers()
         inline = backend if isinstance(backend, InlineBackend) else None
-        backend.start(engine)
+        self._start_backend(backend)
         clean = False
         try:
             while True:

@@ -131,6 +131,8 @@ class Engine:
         self._fifo: deque[Segment] = deque()  # unordered
         self._next_deliver = 0
         self._stopped = False
+        self._adaptive: tuple[float, int, int] | None = None  # (target s, workers, cap)
+        self._per_item: float | None = None  # moving average of item seconds
         self.failure: BaseException | None = None  # all_or_nothing: the first error
         self.fatal: BaseException | None = None  # the input or the backend broke
         # Set by the driver / backend; called without the lock held.
@@ -146,6 +148,25 @@ class Engine:
             self._chunk = chunk_size
             limit = self._opts.max_in_flight or max_in_flight
             self._max_in_flight = max(limit, chunk_size)
+
+    def adapt_chunks(self, target_seconds: float, workers: int, cap: int = 1024) -> None:
+        """Size chunks from measured item time: each task should take about
+        ``target_seconds``, so tiny items stop paying a per-task cost each."""
+        with self._lock:
+            self._adaptive = (target_seconds, workers, cap)
+
+    def _adapt(self, per_item: float) -> None:
+        assert self._adaptive is not None
+        target, workers, cap = self._adaptive
+        est = per_item if self._per_item is None else 0.7 * self._per_item + 0.3 * per_item
+        self._per_item = est
+        chunk = max(1, min(cap, int(target / max(est, 1e-9))))
+        limit = self._opts.max_in_flight
+        if limit is not None:
+            chunk = max(1, min(chunk, limit // max(1, workers)))
+        else:
+            self._max_in_flight = max(self._max_in_flight, 4 * workers * chunk)
+        self._chunk = chunk
 
     def probe_can_continue(self) -> bool:
         """More input may run inline now without waiting (used by the auto probe)."""
@@ -255,6 +276,8 @@ class Engine:
             now = self.clock()
             n = len(outcome.values)
             per_item = outcome.duration / n if n else 0.0
+            if self._adaptive is not None and n:
+                self._adapt(per_item)
             first = task.start + task.done
             errors = outcome.errors
             if errors is None:

@@ -35,6 +35,9 @@ class Backend(ABC):
     runs_on_loop: ClassVar[bool] = False
     #: a task is cancelled for real on abandon (not just left to finish)
     can_interrupt: ClassVar[bool] = False
+    #: with chunk_size="auto", grow chunks until a task takes about this long
+    #: (tiny items then stop paying the engine's per-task cost); None: fixed
+    adaptive_chunk_seconds: ClassVar[float | None] = None
 
     def __init__(self, fn: Callable[[Any], Any], options: Options, workers: int) -> None:
         self.fn = fn

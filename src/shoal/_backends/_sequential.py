@@ -18,6 +18,7 @@ class SequentialBackend(InlineBackend):
     """No pool at all; the lowest overhead, and the baseline of every benchmark."""
 
     name = "sequential"
+    adaptive_chunk_seconds = 0.002
     worker_label = "main"
 
     def start(self, engine: Engine) -> None:

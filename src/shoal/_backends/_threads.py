@@ -36,6 +36,7 @@ class ThreadBackend(Backend):
     """Threads for I/O-bound work (the GIL is released while waiting)."""
 
     name = "threads"
+    adaptive_chunk_seconds = 0.002
 
     @classmethod
     def default_workers(cls) -> int:
