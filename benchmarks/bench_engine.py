@@ -149,7 +149,7 @@ print(time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxr
 
 
 def bench_memory(n_shoal: int, n_peer: int) -> None:
-    print(f"\n3. memory: generator items through imap on threads (peak RSS of a fresh process)")
+    print("\n3. memory: generator items through imap on threads (peak RSS of a fresh process)")
     for which, n in (("shoal", n_shoal), ("ThreadPoolExecutor.map", n_peer)):
         out = subprocess.run([sys.executable, "-c", _RSS_CHILD, str(n), which.split(".")[0]],
                              capture_output=True, text=True, check=True).stdout.split()
@@ -191,7 +191,8 @@ def main() -> None:
     q = args.quick
     import os
     import platform
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, "
+          f"Python {platform.python_version()}")
     if args.only in (None, "threads"):
         bench_threads(400 if q else 2000, 100, 0.05, args.repeat)
     if args.only in (None, "asyncio"):

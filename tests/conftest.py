@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-
 ALL_BACKENDS = ["sequential", "threads", "asyncio", "processes", "dask"]
 LOCAL_BACKENDS = ["sequential", "threads", "asyncio", "processes"]
 

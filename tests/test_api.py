@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import workfns
 
 import shoal
+import workfns
 
 
 @pytest.mark.parametrize(

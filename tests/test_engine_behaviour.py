@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import workfns
 
 import shoal
+import workfns
 
 
 def test_map_keeps_input_order(backend_opts: dict[str, Any]) -> None:

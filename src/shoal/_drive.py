@@ -133,7 +133,8 @@ class Run:
         probe = backend_class("sequential")(self.fn, self.opts, 1)
         assert isinstance(probe, InlineBackend)
         probe.start(self.engine)
-        n = wall = cpu = 0.0
+        n = 0
+        wall = cpu = 0.0
         while n < PROBE_MAX_ITEMS and wall < PROBE_MAX_SECONDS and self.engine.probe_can_continue():
             w0, c0 = time.perf_counter(), time.thread_time()
             probe.step(self.engine)
@@ -141,8 +142,8 @@ class Run:
             cpu += time.thread_time() - c0
             n += 1
         exhausted = self.engine.exhausted
-        remaining = None if self.total is None else max(0, self.total - int(n))
-        sample = ProbeSample(int(n), wall, cpu, exhausted, remaining)
+        remaining = None if self.total is None else max(0, self.total - n)
+        sample = ProbeSample(n, wall, cpu, exhausted, remaining)
         available = importlib.util.find_spec("shoal._backends._processes") is not None
         name, self.reason = choose_backend(False, sample, cpu_count(), available)
         self.reason = f"auto: {self.reason}"

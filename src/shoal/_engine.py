@@ -281,7 +281,8 @@ class Engine:
             first = task.start + task.done
             errors = outcome.errors
             if errors is None:
-                items = task.items if n == len(task.items) else task.items[task.done : task.done + n]
+                done = task.done
+                items = task.items if n == len(task.items) else task.items[done : done + n]
                 self._settle(
                     Segment(first, n, None, items, outcome.values, task.attempt, per_item,
                             outcome.worker)
