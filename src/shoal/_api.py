@@ -9,7 +9,7 @@ the streaming ``imap``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 from shoal._bridge import arun, iterate_in_thread
@@ -170,7 +170,7 @@ async def arun_batch(
 
 async def aimap(
     fn: Callable[[Any], Any], items: Iterable[Any], ordered: bool = True, **options: Any
-) -> AsyncIterator[ItemResult[Any]]:
+) -> AsyncGenerator[ItemResult[Any], None]:
     """``imap`` for async code: ``async for r in shoal.aimap(fn, items): ...``.
 
     Raises:
@@ -178,8 +178,12 @@ async def aimap(
         InvalidItemsError: ``items`` is not iterable.
     """
     batch = Run(fn, items, Options.from_kwargs("collect_errors", {**options, "ordered": ordered}))
-    async for r in _aimap(batch):
-        yield r
+    inner = _aimap(batch)
+    try:
+        async for r in inner:
+            yield r
+    finally:
+        await inner.aclose()  # closing us stops the run now, not at garbage collection
 
 
 async def _amap(batch: Run) -> list[Any]:
@@ -212,10 +216,11 @@ async def _arun_report(batch: Run) -> BatchReport[Any]:
     return report
 
 
-async def _aimap(batch: Run) -> AsyncIterator[ItemResult[Any]]:
+async def _aimap(batch: Run) -> AsyncGenerator[ItemResult[Any], None]:
     skip = batch.opts.on_error == "skip_failed"
+    segments = batch.asegments()
     try:
-        async for segs in batch.asegments():
+        async for segs in segments:
             results = batch.deliver(segs, keep=False) or [r for s in segs for r in s.item_results()]
             for r in results:
                 if r.ok or not skip:
@@ -223,6 +228,8 @@ async def _aimap(batch: Run) -> AsyncIterator[ItemResult[Any]]:
     except BaseException:
         batch.close(None)
         raise
+    finally:
+        await segments.aclose()
     batch.close(None)
 
 

@@ -54,6 +54,17 @@ def _thread_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
+def close_thread_loop() -> None:
+    """Close this thread's event loop, if ``run_awaitable`` made one."""
+    loop: asyncio.AbstractEventLoop | None = getattr(_local, "loop", None)
+    if loop is not None and not loop.is_closed():
+        try:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            loop.close()
+    _local.loop = None
+
+
 def run_awaitable(aw: Awaitable[Any]) -> Any:
     """Run an awaitable to completion on this thread's own event loop.
 

@@ -13,7 +13,7 @@ import asyncio
 import importlib.util
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
 from typing import Any
 
 from shoal._auto import PROBE_MAX_ITEMS, PROBE_MAX_SECONDS, ProbeSample, choose_backend
@@ -244,7 +244,7 @@ class Run:
             backend.shutdown(cancel=not clean)
 
     # ------------------------------------------------------ consumer: async
-    async def asegments(self) -> AsyncIterator[list[Segment]]:
+    async def asegments(self) -> AsyncGenerator[list[Segment], None]:
         """``segments`` for a coroutine consumer; never blocks the loop."""
         engine = self.engine
         loop = asyncio.get_running_loop()

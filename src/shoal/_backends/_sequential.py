@@ -8,7 +8,7 @@ import time
 from typing import TYPE_CHECKING
 
 from shoal._backends._base import InlineBackend
-from shoal._calling import run_chunk, run_chunk_async, sync_caller
+from shoal._calling import close_thread_loop, run_chunk, run_chunk_async, sync_caller
 
 if TYPE_CHECKING:
     from shoal._engine import Engine
@@ -34,6 +34,9 @@ class SequentialBackend(InlineBackend):
             time.sleep(got)
             return
         engine.complete(got, run_chunk(self._call, got.items, self.worker_label))
+
+    def shutdown(self, cancel: bool) -> None:
+        close_thread_loop()  # made only if an async fn ran through step()
 
     async def astep(self, engine: Engine) -> None:
         got = engine.acquire()

@@ -15,7 +15,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from shoal._backends._base import Backend, cpu_count
-from shoal._calling import Outcome, run_chunk, sync_caller
+from shoal._calling import Outcome, close_thread_loop, run_chunk, sync_caller
 
 if TYPE_CHECKING:
     from shoal._engine import Engine, Task
@@ -79,6 +79,12 @@ class ThreadBackend(Backend):
                 self._cond.notify()
 
     def _run(self, me: _Worker) -> None:
+        try:
+            self._work(me)
+        finally:
+            close_thread_loop()  # an async fn gave this thread a loop: close it with the thread
+
+    def _work(self, me: _Worker) -> None:
         engine = self._engine
         name = threading.current_thread().name
         if self.options.initializer is not None:
