@@ -162,3 +162,18 @@ def test_broken_input_iterator_is_raised(backend_opts: dict[str, Any]) -> None:
 
     with pytest.raises(OSError, match="disk gone"):
         shoal.run(workfns.square, items(), **backend_opts)
+
+
+def test_resume_with_more_restored_items_than_the_window(
+    backend_opts: dict[str, Any], tmp_path: Path
+) -> None:
+    """Restored results can fill max_in_flight; the run must still finish."""
+    db = tmp_path / "run.db"
+    work = tmp_path / "work"
+    work.mkdir()
+    items = [(str(work), x) for x in range(150)]
+    shoal.run(workfns.count_calls, items, checkpoint=db, **backend_opts)
+    again = shoal.run(workfns.count_calls, items, checkpoint=db, max_in_flight=16,
+                      **backend_opts)
+    assert again.restored == 150 and again.values == [x + 1 for x in range(150)]
+    assert len(workfns.calls(work)) == 150

@@ -133,14 +133,15 @@ class Run:
         probe = backend_class("sequential")(self.fn, self.opts, 1)
         assert isinstance(probe, InlineBackend)
         probe.start(self.engine)
-        n = 0
+        engine = self.engine
         wall = cpu = 0.0
-        while n < PROBE_MAX_ITEMS and wall < PROBE_MAX_SECONDS and self.engine.probe_can_continue():
+        while (engine.items_run < PROBE_MAX_ITEMS and wall < PROBE_MAX_SECONDS
+               and engine.probe_can_continue()):
             w0, c0 = time.perf_counter(), time.thread_time()
-            probe.step(self.engine)
+            probe.step(engine)
             wall += time.perf_counter() - w0
             cpu += time.thread_time() - c0
-            n += 1
+        n = engine.items_run
         exhausted = self.engine.exhausted
         remaining = None if self.total is None else max(0, self.total - n)
         sample = ProbeSample(n, wall, cpu, exhausted, remaining)

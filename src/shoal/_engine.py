@@ -133,6 +133,7 @@ class Engine:
         self._stopped = False
         self._adaptive: tuple[float, int, int] | None = None  # (target s, workers, cap)
         self._per_item: float | None = None  # moving average of item seconds
+        self.items_run = 0  # items reported by workers (not restored ones)
         self.failure: BaseException | None = None  # all_or_nothing: the first error
         self.fatal: BaseException | None = None  # the input or the backend broke
         # Set by the driver / backend; called without the lock held.
@@ -209,6 +210,11 @@ class Engine:
         elif not self._exhausted and self._outstanding + self._chunk <= self._max_in_flight:
             task, settled = self._pull(now)
         if task is None:
+            if settled:
+                # Restored results filled the window: ask again as soon as
+                # the consumer has taken them (an inline backend is that
+                # consumer; waiting for a signal would wait for itself).
+                return 0.0, settled
             if self._retry_heap:
                 return self._retry_heap[0][0] - now, settled
             if self._exhausted and not self._in_flight and not self._held:
@@ -275,6 +281,7 @@ class Engine:
             retries_before = len(self._retry_heap)
             now = self.clock()
             n = len(outcome.values)
+            self.items_run += n
             per_item = outcome.duration / n if n else 0.0
             if self._adaptive is not None and n:
                 self._adapt(per_item)
