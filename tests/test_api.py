@@ -199,3 +199,19 @@ def test_import_is_light() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_auto_falls_back_to_threads_when_fn_cannot_be_pickled() -> None:
+    lock = threading.Lock()
+
+    def burn_with_lock(x: int) -> int:
+        with lock:  # a lock cannot be pickled: no process can run this
+            t0 = time.thread_time()
+            while time.thread_time() - t0 < 0.004:
+                pass
+        return x
+
+    report = shoal.run(burn_with_lock, range(60))
+    assert report.values == list(range(60))
+    assert report.backend == "threads"
+    assert "CPU-bound" in report.backend_reason and "cannot be pickled" in report.backend_reason

@@ -14,7 +14,8 @@ TINY_ITEM_SECONDS = 200e-6
 #: CPU time below this share of wall time means the item mostly waits (I/O)
 IO_BOUND_CPU_SHARE = 0.5
 #: parallel start-up is not worth it when the remaining work is shorter than this
-MIN_PARALLEL_WORK_SECONDS = 0.5
+#: (a process pool forks its workers in ~10 ms; threads start in less)
+MIN_PARALLEL_WORK_SECONDS = 0.1
 PROBE_MAX_ITEMS = 16
 PROBE_MAX_SECONDS = 0.25
 

@@ -21,7 +21,7 @@ from shoal._backends import Backend, InlineBackend, backend_class
 from shoal._backends._base import cpu_count
 from shoal._calling import is_async_callable
 from shoal._engine import Engine, Segment
-from shoal._errors import BatchInterrupted, InvalidItemsError, InvalidOptionError
+from shoal._errors import BatchInterrupted, InvalidItemsError, InvalidOptionError, NotPicklable
 from shoal._hooks import ResultStore, RunInfo, RunObserver
 from shoal._options import Options
 from shoal._results import BatchReport, ItemResult
@@ -148,7 +148,11 @@ class Run:
         available = importlib.util.find_spec("shoal._backends._processes") is not None
         name, self.reason = choose_backend(False, sample, cpu_count(), available)
         self.reason = f"auto: {self.reason}"
-        self.backend = self._make_backend(name)
+        try:
+            self.backend = self._make_backend(name)
+        except NotPicklable as exc:  # CPU-bound, but cannot cross to a process
+            self.reason += f"; but fn cannot be pickled ({exc}), so threads"
+            self.backend = self._make_backend("threads")
         if self.opts.chunk_size != "auto":
             chunk = self.opts.chunk_size
         elif name == "sequential":

@@ -209,8 +209,10 @@ class Engine:
             task = heapq.heappop(self._retry_heap)[2]
         elif not self._exhausted and self._outstanding + self._chunk <= self._max_in_flight:
             task, settled = self._pull(now)
+            if self._stopped:
+                return None, settled
         if task is None:
-            if settled:
+            if settled and not self._exhausted:
                 # Restored results filled the window: ask again as soon as
                 # the consumer has taken them (an inline backend is that
                 # consumer; waiting for a signal would wait for itself).
@@ -234,16 +236,30 @@ class Engine:
 
     def _pull(self, now: float) -> tuple[Task | None, bool]:
         """Take up to one chunk of consecutive new items from the input."""
-        items: list[Any] = []
         start = self._next_index
-        settled = False
         store = self._store
+        if store is None:
+            # Fast path: one C-level call per chunk, not a Python step per item.
+            try:
+                items = list(itertools.islice(self._source, self._chunk))
+            except Exception as exc:  # the user's iterator broke: the run must say so
+                return self._broken_source(exc)
+            n = len(items)
+            self._next_index += n
+            self._outstanding += n
+            settled = False
+            if n < self._chunk:  # islice stops short only at the end of the input
+                self._exhausted = True
+                settled = True  # the consumer may be waiting to learn the run is over
+            return (Task(start, items, 1, next(self._seq)) if items else None), settled
+        items = []
+        settled = False
         try:
             for item in self._source:
                 index = self._next_index
                 self._next_index += 1
                 self._outstanding += 1
-                restored = store.restore(index, item) if store is not None else None
+                restored = store.restore(index, item)
                 if restored is not None:
                     self._settle(Segment(index, 1, results=[restored]))
                     settled = True
@@ -260,13 +276,16 @@ class Engine:
                 self._exhausted = True
                 settled = True  # the consumer may be waiting to learn the run is over
         except Exception as exc:  # the user's iterator broke: the run must say so
-            self._exhausted = True
-            self.fatal = exc
-            self._stopped = True
-            return None, True
+            return self._broken_source(exc)
         if not items:
             return None, settled
         return Task(start, items, 1, next(self._seq)), settled
+
+    def _broken_source(self, exc: Exception) -> tuple[None, bool]:
+        self._exhausted = True
+        self.fatal = exc
+        self._stop_locked()
+        return None, True
 
     def complete(self, task: Task, outcome: Outcome) -> None:
         """Record the outcome of the next ``len(outcome.values)`` items of ``task``.

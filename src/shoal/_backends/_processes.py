@@ -1,0 +1,645 @@
+"""The process backend: workers in child processes, forked from a fork server.
+
+Data flow (one *hub* thread in the driver does all the I/O, on non-blocking sockets)::
+
+    driver: consumer thread    driver: hub thread            child processes
+    ───────────────────────    ──────────────────            ───────────────
+                               Engine.acquire()
+                                 └▶ pickle chunk ──socket──▶ worker: run_chunk(fn, items)
+    take() ◀── Engine ◀── complete(Outcome)                       │
+                                 ▲ unpickle ◀────socket──── results: one frame per chunk
+                                                              (stream mode: one per item)
+    abandon(), shutdown()
+      └▶ inbox ─▶ hub ── SPAWN / KILL / QUIT ──control──▶ fork server ──fork──▶ worker
+                  hub ◀── SPAWNED + socket fd, EXITED(code) ──┘
+
+**Start method.** Every worker is forked from a per-pool *fork server* that
+is single-threaded and runs no user code (it holds ``fn`` as bytes only), so
+no lock can be held at fork time: forking from it is both fast (about a
+millisecond) and safe. When the driver itself is single-threaded at
+``start()`` (Linux, counted in ``/proc/self/task``, which also sees threads
+that C libraries started) the fork server is forked from the driver: start-up
+costs a few milliseconds and modules the driver imported are already loaded in
+every worker. Otherwise (the driver has threads, macOS, other POSIX) the fork
+server is started with exec (a fresh ``python -c``), like multiprocessing's
+forkserver, only without re-running ``__main__``. Either way ``fn`` crosses as
+cloudpickle bytes and is unpickled once per worker, so lambdas, closures and
+functions of ``__main__`` or a notebook behave the same on both paths.
+
+**Crash isolation.** The fork server reaps workers and reports each exit code
+(negative: a signal). A worker that dies fails the item it was running with
+``WorkerCrashed``; its other items are released to run again. In *stream*
+mode (a timeout is set, or the chunk is being re-run after a crash) a worker
+reports each item as it finishes, so the running item is known exactly and
+each report restarts the engine's deadline. In *batch* mode (the fast path:
+one frame per chunk) a crash in a chunk of several items cannot be pinned on
+one item: the chunk is released and re-run in stream mode, where the culprit
+crashes again and fails alone. Items before it in that chunk run twice (their
+results died with the worker); an item that crashed once and not again fails
+nothing.
+
+**No orphans.** ``shutdown(cancel=True)`` has the fork server SIGKILL and reap
+every worker, then reaps the fork server. If the driver dies, the fork server
+sees its control socket close and kills its workers; on Linux the fork server
+and the workers also ask for SIGKILL when their parent dies (``prctl``).
+
+**Chunking.** With ``chunk_size="auto"`` the first chunks hold one item; from
+the measured item time ``ChunkSizer`` grows them towards ~20 ms of work while
+keeping, when the number of items is known, four chunks per worker of what
+remains, so the last chunks finish together, and keeping each chunk's pickle
+small enough to sit whole in a socket buffer. Without a timeout each worker
+has one chunk queued behind the running one, so it never waits for the driver.
+Tiny items cost the driver one pickle of the chunk and one unpickle of its
+results; values stay in the engine's columns, with no per-item object.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import pickle
+import selectors
+import socket
+import threading
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from shoal._backends._base import Backend, cpu_count
+from shoal._backends._procworker import (
+    BATCH_DONE,
+    FATAL,
+    HEADER,
+    ITEM_DONE,
+    OP_EXITED,
+    OP_KILL,
+    OP_QUIT,
+    OP_SPAWN,
+    OP_SPAWN_FAILED,
+    OP_SPAWNED,
+    PICKLE_PROTOCOL,
+    READY,
+    RECORD,
+    RUN_BATCH,
+    RUN_STREAM,
+    SMALL_FRAME,
+    UNREADABLE,
+    ForkServerHandle,
+    FrameReader,
+    RemoteError,
+    describe_exit,
+    load_error,
+    load_result,
+    pickle_for_workers,
+    pickle_items,
+    start_fork_server,
+    with_remote_traceback,
+)
+from shoal._calling import Outcome
+from shoal._errors import BackendUnavailable, BrokenBackend, WorkerCrashed
+from shoal._options import Options
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from shoal._engine import Engine, Task
+
+#: a pool whose workers die this many times in a row before they are ready is broken
+MAX_STARTUP_DEATHS = 3
+#: how long shutdown waits for the fork server to exit before it kills it
+GRACEFUL_EXIT_SECONDS = 5.0
+CANCEL_EXIT_SECONDS = 1.0
+
+WorkerState = Literal["live", "retiring", "killed"]
+
+
+class ChunkSizer:
+    """Chunk sizes for ``chunk_size="auto"`` from measured item time.
+
+    A pure policy (no clock, no I/O): the hub feeds it the seconds each report
+    took in the worker. It starts at one item and aims at ``TARGET_SECONDS``
+    of work per chunk, growing at most ``GROWTH``-fold per report (the first
+    measurements are noisy). When the number of items is known it also keeps
+    ``CHUNKS_PER_WORKER`` chunks per worker of what remains (guided
+    scheduling: chunks shrink towards the end so the last ones finish
+    together), but never below ``MIN_SECONDS`` of work. A chunk's pickle (in
+    or out) stays under ``MAX_FRAME_BYTES``, so that it fits in a socket's
+    buffer: a worker then never waits for the driver to read its results or
+    to send the rest of its next chunk.
+    """
+
+    TARGET_SECONDS = 0.02
+    MIN_SECONDS = 0.002
+    MAX_FRAME_BYTES = 1 << 17
+    GROWTH = 8
+    CHUNKS_PER_WORKER = 4
+    DECAY = 0.5  # weight of the past at each report
+
+    def __init__(self, workers: int, total: int | None) -> None:
+        self.size = 1
+        self._workers = workers
+        self.total = total  # items this backend will be handed, when known
+        self._items = 0.0
+        self._seconds = 0.0
+
+    def observe(self, items: int, seconds: float, pulled: int, item_bytes: float = 0.0) -> bool:
+        """Record that ``items`` items took ``seconds``; True when ``size`` changed.
+
+        ``pulled``: how many of ``total`` the engine has handed out so far;
+        ``item_bytes``: pickled bytes per item, of the larger of items and results.
+        """
+        if items <= 0:
+            return False
+        self._items = self._items * self.DECAY + items
+        self._seconds = self._seconds * self.DECAY + seconds
+        per_item = max(self._seconds / self._items, 1e-8)
+        want = self.TARGET_SECONDS / per_item
+        if self.total is not None:
+            remaining = max(self.total - pulled, 0)
+            want = min(want, remaining / (self.CHUNKS_PER_WORKER * self._workers))
+        want = max(want, self.MIN_SECONDS / per_item, 1.0)
+        if item_bytes > 0:
+            want = min(want, self.MAX_FRAME_BYTES / item_bytes)
+        new = max(1, int(min(want, self.size * self.GROWTH)))
+        if new == self.size or abs(new - self.size) < 0.2 * self.size:
+            return False
+        self.size = new
+        return True
+
+
+@dataclass(slots=True, eq=False)
+class _Sent:
+    """Items of one task sent to a worker in one frame."""
+
+    task: Task
+    count: int  # items sent (from task.done at sending time) and not yet reported
+    stream: bool  # the worker reports each item as it finishes
+    release_rest: bool  # after these items, give the task's unsent items back
+
+
+class _Worker:
+    """The driver's view of one worker process. Owned by the hub thread."""
+
+    __slots__ = ("events", "label", "out", "pid", "quota", "reader", "ready", "sends",
+                 "sock", "state")
+
+    def __init__(self, pid: int, sock: socket.socket, quota: int | None) -> None:
+        self.pid = pid
+        self.label = f"pid:{pid}"
+        self.sock: socket.socket | None = sock
+        self.reader = FrameReader()
+        self.out: deque[memoryview] = deque()  # frames not yet written
+        self.events = selectors.EVENT_READ
+        self.sends: deque[_Sent] = deque()  # in the order the worker runs them
+        self.ready = False
+        self.state: WorkerState = "live"
+        self.quota = quota  # items it may still be sent (max_items_per_worker)
+
+
+class ProcessBackend(Backend):
+    """Child processes for CPU-bound work, isolated from each other's crashes."""
+
+    name = "processes"
+    can_interrupt = True
+
+    def __init__(self, fn: Callable[[Any], Any], options: Options, workers: int) -> None:
+        """Pickle ``fn`` (and the initializer) once, before anything runs.
+
+        Raises:
+            NotPicklable: ``fn``, the initializer or its arguments cannot be
+                pickled (with cloudpickle) to cross to the worker processes.
+            BackendUnavailable: not a POSIX system.
+        """
+        super().__init__(fn, options, workers)
+        if not hasattr(os, "fork"):
+            raise BackendUnavailable(
+                'backend="processes" needs a POSIX system (os.fork); use backend="threads"'
+            )
+        fn_blob = pickle_for_workers("fn", fn)
+        init_blob = None
+        if options.initializer is not None:
+            init_blob = pickle_for_workers("initializer", (options.initializer, options.initargs))
+        self._payload = pickle.dumps((fn_blob, init_blob), PICKLE_PROTOCOL)
+        self._sizer = ChunkSizer(workers, None) if options.chunk_size == "auto" else None
+        self._server: ForkServerHandle | None = None
+        self._hub_thread: threading.Thread | None = None
+
+    @classmethod
+    def default_workers(cls) -> int:
+        return cpu_count()
+
+    def auto_chunk_size(self, total: int | None) -> int:
+        if self._sizer is None:
+            return 1
+        self._sizer.total = total
+        return self._sizer.size
+
+    # ------------------------------------------------------------ lifecycle
+    def start(self, engine: Engine) -> None:
+        """Start the fork server, ask it for the workers and start the hub.
+
+        Raises:
+            BrokenBackend: the fork server could not be started.
+        """
+        self._engine = engine
+        self._server = start_fork_server(self._payload)
+        self._by_value = self._server.by_exec  # the workers' __main__ is not ours
+        self._stream_all = self.options.timeout is not None
+        # Without a timeout a worker gets its next chunk while it runs one; with
+        # one, a queued chunk's deadline would run before the chunk does.
+        self._depth = 1 if self._stream_all else 2
+        self._sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._sel.register(self._wake_r, selectors.EVENT_READ, None)
+        self._sel.register(self._server.control, selectors.EVENT_READ, None)
+        # The hub thread owns everything from here to the locks: workers,
+        # sockets, the selector, suspects and the control read buffer.
+        self._workers: dict[int, _Worker] = {}
+        self._tokens = itertools.count(1)
+        self._suspects: set[int] = set()  # first index of chunks to re-run in stream mode
+        self._first = -1  # first input index handed to this backend (the probe ran those before)
+        self._pulled = 0  # one past the highest input index handed out
+        self._in_bytes = 0.0  # pickled bytes per item sent, of the last chunk
+        self._out_bytes = 0.0  # pickled bytes per result, of the last chunk
+        self._startup_deaths = 0
+        self._control_buf = bytearray()
+        self._control_fds: list[int] = []
+        self._hub_ident: int | None = None
+        # _inbox_lock guards _inbox and _closing: consumer threads write them, the hub reads.
+        self._inbox_lock = threading.Lock()
+        self._inbox: list[Task] = []  # tasks to abandon
+        self._closing: Literal["graceful", "cancel"] | None = None
+        # _control_lock guards writes to the control socket (hub: spawn, kill;
+        # shutdown: quit). Only the hub reads it.
+        self._control_lock = threading.Lock()
+        engine.on_capacity = self._wake
+        for _ in range(self.workers):
+            self._spawn()
+        self._hub_thread = threading.Thread(target=self._hub, name="shoal-processes", daemon=True)
+        self._hub_thread.start()
+
+    def abandon(self, task: Task) -> None:
+        """``task`` timed out: SIGKILL its worker and start a replacement."""
+        with self._inbox_lock:
+            self._inbox.append(task)
+        self._wake()
+
+    def shutdown(self, cancel: bool) -> None:
+        """Stop the pool and reap every process it started.
+
+        ``cancel``: SIGKILL the workers now (Ctrl-C, a failed batch) instead of
+        letting idle workers exit on their own.
+        """
+        server = self._server
+        if server is None or self._hub_thread is None:
+            return
+        with self._inbox_lock:
+            if self._closing is not None:
+                return
+            self._closing = "cancel" if cancel else "graceful"
+        if cancel:
+            self._send_control(OP_QUIT, 1)  # the fork server SIGKILLs and reaps the workers
+        self._wake()
+        limit = CANCEL_EXIT_SECONDS if cancel else GRACEFUL_EXIT_SECONDS
+        self._hub_thread.join(limit)
+        if not server.wait(limit):
+            server.kill()  # on Linux its workers follow it (parent-death signal)
+            server.wait(limit)
+        if not self._hub_thread.is_alive():  # else it closes them when it is done
+            with self._control_lock:
+                server.control.close()
+            self._wake_r.close()
+            self._wake_w.close()
+
+    # ---------------------------------------------------------------- hub
+    def _wake(self, everyone: bool = False) -> None:
+        # engine.on_capacity. One hub serves every worker: ``everyone`` changes nothing.
+        if threading.get_ident() == self._hub_ident:
+            return  # the hub dispatches again after every event anyway
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:  # a wake-up is already pending (buffer full), or we are closed
+            pass
+
+    def _hub(self) -> None:
+        self._hub_ident = threading.get_ident()
+        try:
+            while True:
+                with self._inbox_lock:
+                    abandoned, self._inbox = self._inbox, []
+                    closing = self._closing
+                if closing is not None:
+                    self._close(closing)
+                    return
+                for task in abandoned:
+                    self._abandon(task)
+                timeout = self._dispatch()
+                for key, mask in self._sel.select(timeout):
+                    if key.fileobj is self._wake_r:
+                        self._drain_wake()
+                    elif key.data is None:
+                        self._on_control()
+                    else:
+                        self._on_worker(key.data, mask)
+        except BaseException as exc:
+            # A bug here must not hang the run: fail it and stop the workers.
+            error = BrokenBackend(f"the process pool's hub failed: {type(exc).__name__}: {exc}")
+            error.__cause__ = exc
+            self._engine.fail_run(error)
+            self._send_control(OP_QUIT, 1)
+
+    def _drain_wake(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _dispatch(self) -> float | None:
+        """Hand tasks to free workers; the select timeout until the next try."""
+        engine = self._engine
+        while True:
+            worker = self._free_worker()
+            if worker is None:
+                return None
+            got = engine.acquire()
+            if got is None:
+                return None
+            if isinstance(got, float):
+                return None if math.isinf(got) else got
+            if self._first < 0:
+                self._first = got.start
+            self._pulled = max(self._pulled, got.stop)
+            self._send(worker, got)
+
+    def _free_worker(self) -> _Worker | None:
+        best: _Worker | None = None
+        for w in self._workers.values():
+            if w.state != "live" or not w.ready or len(w.sends) >= self._depth:
+                continue
+            if w.quota is not None and w.quota <= 0:
+                continue
+            if not w.sends:
+                return w  # an idle worker first; queue behind a busy one only if none is idle
+            best = best or w
+        return best
+
+    def _send(self, w: _Worker, task: Task) -> None:
+        """Send ``task``'s next items to ``w``: up to its quota, up to an unpicklable item."""
+        while not task.closed:
+            start = task.done
+            count = len(task.items) - start
+            if w.quota is not None:
+                count = min(count, w.quota)
+            items = task.items[start : start + count]
+            sendable, body, error = pickle_items(items, task.start + start, self._by_value)
+            if sendable == 0:
+                assert error is not None
+                self._engine.complete(task, Outcome([None], {0: error}, 0.0, "driver"))
+                continue  # the item fails alone; try the rest
+            stream = self._stream_all
+            if start == 0 and task.start in self._suspects:
+                self._suspects.discard(task.start)
+                stream = True
+            self._in_bytes = len(body) / sendable
+            w.sends.append(_Sent(task, sendable, stream, start + sendable < len(task.items)))
+            if w.quota is not None:
+                w.quota -= sendable
+            self._write(w, RUN_STREAM if stream else RUN_BATCH, body)
+            return
+
+    def _write(self, w: _Worker, kind: int, body: bytes) -> None:
+        header = HEADER.pack(kind, len(body))
+        if len(body) < SMALL_FRAME:
+            w.out.append(memoryview(header + body))
+        else:
+            w.out.append(memoryview(header))
+            w.out.append(memoryview(body))
+        self._flush(w)
+
+    def _flush(self, w: _Worker) -> None:
+        sock = w.sock
+        if sock is None:
+            w.out.clear()
+            return
+        while w.out:
+            head = w.out[0]
+            try:
+                n = sock.send(head)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                w.out.clear()  # the worker is gone; its exit report follows
+                break
+            if n < len(head):
+                w.out[0] = head[n:]
+                break
+            w.out.popleft()
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if w.out else 0)
+        if events != w.events:
+            w.events = events
+            self._sel.modify(sock, events, w)
+
+    # --------------------------------------------------------- worker events
+    def _on_worker(self, w: _Worker, mask: int) -> None:
+        if mask & selectors.EVENT_WRITE:
+            self._flush(w)
+        if mask & selectors.EVENT_READ and w.sock is not None:
+            frames, closed = w.reader.read(w.sock)
+            self._handle(w, frames)
+            if closed:
+                self._detach(w)  # how it ended comes from the fork server (EXITED)
+
+    def _handle(self, w: _Worker, frames: list[tuple[int, bytearray]]) -> None:
+        # ITEM_DONE frames of one chunk that arrived together are reported at once.
+        values: list[Any] = []
+        errors: dict[int, RemoteError] = {}
+        seconds = 0.0
+        for kind, body in frames:
+            if kind == ITEM_DONE:
+                v, e, s = load_result(body, 1)
+                if e:
+                    errors[len(values)] = e[0]
+                values.extend(v)
+                seconds += s
+                if len(values) == w.sends[0].count:
+                    self._report(w, values, errors, seconds)
+                    values, errors, seconds = [], {}, 0.0
+                continue
+            if values:
+                self._report(w, values, errors, seconds)
+                values, errors, seconds = [], {}, 0.0
+            if kind == BATCH_DONE:
+                self._out_bytes = len(body) / w.sends[0].count
+                v, e, s = load_result(body, w.sends[0].count)
+                self._report(w, v, e or {}, s)
+            elif kind == READY:
+                w.ready = True
+                self._startup_deaths = 0
+            elif kind == UNREADABLE:
+                error = load_error(body)
+                self._report(w, [None] * w.sends[0].count,
+                             dict.fromkeys(range(w.sends[0].count), (error, "")), 0.0)
+            elif kind == FATAL:
+                w.state = "retiring"  # it exits now; every worker would fail the same way
+                self._engine.fail_run(load_error(body))
+            else:
+                raise RuntimeError(f"unexpected frame kind {kind} from worker pid {w.pid}")
+        if values:
+            self._report(w, values, errors, seconds)
+
+    def _report(self, w: _Worker, values: list[Any], remote: dict[int, RemoteError],
+                seconds: float) -> None:
+        """Report the next ``len(values)`` items of ``w``'s running chunk."""
+        sent = w.sends[0]
+        errors: dict[int, BaseException] | None = None
+        if remote:
+            errors = {k: with_remote_traceback(r) for k, r in remote.items()}
+        self._engine.complete(sent.task, Outcome(values, errors, seconds, w.label))
+        sent.count -= len(values)
+        sizer = self._sizer
+        if sizer is not None and sizer.observe(len(values), seconds, self._pulled - self._first,
+                                               max(self._in_bytes, self._out_bytes)):
+            self._engine.set_chunk_size(sizer.size, max(64, 4 * self.workers * sizer.size))
+        if sent.count > 0:
+            return
+        w.sends.popleft()
+        if sent.release_rest:
+            self._engine.release(sent.task)
+        if w.quota is not None and w.quota <= 0 and not w.sends:
+            w.state = "retiring"  # max_items_per_worker: closing its socket ends it
+            self._detach(w)
+            self._spawn()
+
+    def _detach(self, w: _Worker) -> None:
+        """Stop talking to ``w`` (it is dead, killed or retiring)."""
+        if w.sock is not None:
+            self._sel.unregister(w.sock)
+            w.sock.close()
+            w.sock = None
+        w.out.clear()
+
+    # -------------------------------------------------------- control events
+    def _is_closing(self) -> bool:
+        with self._inbox_lock:
+            return self._closing is not None
+
+    def _spawn(self) -> None:
+        if not self._is_closing():
+            self._send_control(OP_SPAWN, next(self._tokens))
+
+    def _send_control(self, op: int, a: int, b: int = 0) -> None:
+        server = self._server
+        if server is None:
+            return
+        with self._control_lock:
+            try:
+                server.control.sendall(RECORD.pack(op, a, b))
+            except OSError:
+                pass  # the fork server is gone; the hub reports it when it reads EOF
+
+    def _on_control(self) -> None:
+        assert self._server is not None
+        control = self._server.control
+        need = RECORD.size - len(self._control_buf)
+        try:
+            data, fds, _, _ = socket.recv_fds(control, need, 1)
+        except OSError:
+            data, fds = b"", []
+        self._control_fds.extend(fds)
+        if not data:
+            self._sel.unregister(control)
+            for fd in self._control_fds:
+                os.close(fd)
+            self._control_fds.clear()
+            if self._is_closing():
+                return
+            self._engine.fail_run(BrokenBackend(
+                f"the process pool's fork server (pid {self._server.pid}) died; "
+                "its workers died with it"
+            ))
+            return
+        self._control_buf += data
+        if len(self._control_buf) < RECORD.size:
+            return
+        op, a, b = RECORD.unpack(self._control_buf)
+        fds, self._control_fds = self._control_fds, []
+        self._control_buf.clear()
+        if op == OP_SPAWNED:
+            sock = socket.socket(fileno=fds[0])
+            sock.setblocking(False)
+            w = _Worker(b, sock, self.options.max_items_per_worker)
+            self._workers[b] = w
+            self._sel.register(sock, selectors.EVENT_READ, w)
+        elif op == OP_SPAWN_FAILED:
+            self._engine.fail_run(BrokenBackend(
+                f"cannot start a worker process: {os.strerror(b)}"
+            ))
+        elif op == OP_EXITED:
+            self._on_exit(a, b)
+
+    def _on_exit(self, pid: int, code: int) -> None:
+        w = self._workers.pop(pid, None)
+        if w is None:
+            return
+        if w.sock is not None:
+            # It has exited: whatever it wrote before is in the socket now.
+            frames, _ = w.reader.read(w.sock, drain=True)
+            self._handle(w, frames)
+            self._detach(w)
+        if w.state == "live":
+            self._crashed(w, code)
+
+    def _crashed(self, w: _Worker, code: int) -> None:
+        if self._is_closing():
+            return  # shutdown(cancel=True) killed it: not the item's fault
+        engine = self._engine
+        how = describe_exit(code)
+        sends = list(w.sends)
+        w.sends.clear()
+        if not w.ready:
+            self._startup_deaths += 1
+            if self._startup_deaths >= MAX_STARTUP_DEATHS:
+                engine.fail_run(BrokenBackend(
+                    f"worker processes die while starting (worker pid {w.pid} {how}); "
+                    "check the initializer and what unpickling fn imports"
+                ))
+                return
+        if sends:
+            running = sends[0]
+            task = running.task
+            if running.stream or running.count == 1:
+                index = task.start + task.done
+                error = WorkerCrashed(f"worker pid {w.pid} {how} while running item {index}", code)
+                engine.complete(task, Outcome([None], {0: error}, 0.0, w.label))
+            else:
+                self._suspects.add(task.start + task.done)  # re-run it item by item
+            for sent in sends:
+                engine.release(sent.task)
+        self._spawn()
+
+    def _abandon(self, task: Task) -> None:
+        for w in list(self._workers.values()):
+            if w.state == "live" and any(s.task is task for s in w.sends):
+                w.state = "killed"
+                self._send_control(OP_KILL, w.pid)
+                for sent in w.sends:
+                    self._engine.release(sent.task)  # the timed-out one is closed already
+                w.sends.clear()
+                self._detach(w)
+                self._spawn()
+
+    def _close(self, how: Literal["graceful", "cancel"]) -> None:
+        for w in self._workers.values():
+            self._detach(w)  # a worker whose socket closes exits
+        if how == "graceful":
+            self._send_control(OP_QUIT, 0)  # exit once every worker has
+        self._sel.close()
+        # Closing the control socket also closes the sockets of workers whose
+        # SPAWNED record is still unread in it, so that they exit too.
+        assert self._server is not None
+        with self._control_lock:
+            self._server.control.close()
