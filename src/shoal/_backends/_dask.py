@@ -1,51 +1,39 @@
-"""The Dask backend: the engine's tasks run on a Dask cluster.
+"""The Dask backend: the engine's tasks run as futures on a Dask cluster.
 
-Data flow (one feeder thread on the driver owns every Dask future)::
+Two driver threads share the work; each owns its state, and they talk only
+through queues::
 
-    engine.acquire() ──Task──▶ feeder thread ──client.submit(_run_part, job, _Chunk)──▶ cluster
-          ▲                     │    ▲                                                   │
-          └─ complete/release ◀─┘    └──── inbox ◀── done callback (Dask's callback thread)
-                                           ▲
-                                           ├── "wake"    engine.on_capacity (any thread)
-                                           └── "abandon" consumer thread, after a timeout
+    engine.acquire() ─Task─▶ feeder ──client.submit(_run_part, job, chunk)──▶ cluster
+         ▲                    │  ▲                                             │
+         └─ engine.complete ◀─┘  └─ inbox ◀─ collector ◀─ finished futures ◀───┘
+                                   ▲          (client.gather; Dask's callback thread)
+                                   └── "wake" (engine.on_capacity), "abandon" (consumer)
 
-* **Bounded submission.** The feeder keeps at most ``window`` futures in flight
-  (``tasks_per_thread`` x the cluster's worker threads, 2 by default) and asks
-  the engine for a task only when one finishes, so a generator of a million
-  items streams and the scheduler never holds more than a window of tasks.
-* **Serialized once.** The function (with the initializer) is scattered to
-  every worker once per run; each task refers to it by key. Items and results
-  travel inside small opaque objects (``_Chunk``, ``_Reply``) because Dask
-  walks plain lists element by element, which costs seconds for 100,000 items.
-* **Chunking.** With ``chunk_size="auto"`` a task starts with one item and the
-  chunk grows from the measured compute time per item until a task computes
-  for about ``TARGET_TASK_SECONDS`` (``ChunkSizer``). With a ``timeout`` a
-  task stays one item, since the deadline is per item.
-* **Failures.** ``fn`` raising is caught on the worker (``run_chunk``): the
-  item fails with its own exception and the worker-side traceback as
-  ``__cause__ = RemoteTraceback(...)``. A future that errs on its own is the
-  cluster's failure: ``KilledWorker`` or a cancellation by the scheduler means
-  a worker died. A one-item task then fails with ``WorkerCrashed`` (the engine
-  retries it per policy); a larger chunk is split and resubmitted item by item,
-  so only the item that kills its worker ends up failed. The batch goes on.
-* **Timeouts.** ``abandon`` cancels the future. Dask cannot interrupt a
-  running Python thread, so the worker thread keeps running the hung call in
-  the background until it returns, and that worker has one thread fewer
-  meanwhile. While a timeout is set the window is one task per worker thread,
-  because the timeout clock starts at submission and a task queued behind
-  another on a worker would otherwise use up its time waiting.
-* **Initializer.** ``initializer(*initargs)`` runs once per worker process per
-  run, before that worker's first item. If it raises, the run stops with its
-  exception, as on the other backends. ``max_items_per_worker`` is not
-  supported (Dask manages worker lifetimes).
+The feeder owns the futures in flight and every call to the engine; the
+collector only fetches results, so the feeder never waits on the network.
 
-Functions and items must be cloudpickle-able, and ``shoal`` itself must be
-importable on every worker (the task function lives in this module).
+* Bounded: at most ``tasks_per_thread`` (2) x worker threads futures are in
+  flight; the feeder acquires a task only when one finishes, so generators
+  stream and the scheduler never holds more than that window.
+* ``fn`` is pickled once per run; items travel as one pickle per chunk.
+  ``chunk_size="auto"`` starts at one item, and the engine grows chunks from
+  measured item time until a task computes for about ``TARGET_TASK_SECONDS``
+  (``Engine.adapt_chunks``); one item per task with a timeout.
+* ``fn`` raising is caught on the worker: the item fails with its own
+  exception, the worker traceback as ``__cause__ = RemoteTraceback``.
+* A future that errs by itself means the cluster failed. ``KilledWorker`` or
+  a cancellation means its worker died: a one-item task fails with
+  ``WorkerCrashed`` (the engine retries per policy); a bigger chunk is rerun
+  item by item, so only the item that kills workers fails.
+* ``abandon`` (timeout) cancels the future. Dask cannot stop a running
+  thread: the worker runs the hung call to its end, one thread short
+  meanwhile. With a timeout the window is one task per thread, because the
+  clock starts at submission and a task queued on a busy worker would spend
+  its time waiting.
 
-``backend_options`` understood here: ``client`` (an existing
-``distributed.Client``, used and left open), ``cluster_kwargs`` (extra keyword
-arguments for the ``LocalCluster`` shoal starts when no ``address`` is given)
-and ``tasks_per_thread`` (the in-flight window per worker thread).
+``backend_options``: ``client`` (an existing ``distributed.Client``, left
+open), ``cluster_kwargs`` (for the ``LocalCluster`` started when no
+``address`` is given), ``tasks_per_thread``. See docs/dask.md.
 """
 
 from __future__ import annotations
@@ -60,6 +48,7 @@ import traceback
 import uuid
 import warnings
 from asyncio import CancelledError as AsyncioCancelledError
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from concurrent.futures import CancelledError
 from dataclasses import dataclass, field
@@ -87,11 +76,10 @@ if TYPE_CHECKING:
 TARGET_TASK_SECONDS = 0.1
 #: the largest chunk ``chunk_size="auto"`` grows to
 MAX_AUTO_CHUNK = 100_000
-_BACKEND_OPTIONS = ("client", "cluster_kwargs", "tasks_per_thread")
 
 
 def import_distributed() -> Any:
-    """Import ``dask.distributed`` on first use of the backend.
+    """Import ``dask.distributed``, on first use of the backend only.
 
     Raises:
         BackendUnavailable: dask.distributed is not installed.
@@ -105,160 +93,149 @@ def import_distributed() -> Any:
     return distributed
 
 
-# ------------------------------------------------------------------ chunk size
-@dataclass
-class ChunkSizer:
-    """Chooses the chunk size from measured compute time per item.
+# ------------------------------------------------------------ the worker side
+class _Pickled:
+    """Bytes pickled on the driver, opaque to Dask.
 
-    Pure bookkeeping (no clock of its own), so it is tested with made-up
-    durations. Per-item time is an exponentially weighted average, so the
-    size follows items that get slower or faster, and it grows at most
-    ``max_growth`` times per observation so one lucky measurement cannot
-    jump to a huge chunk.
+    Dask unpickles task arguments on the scheduler and walks plain lists item
+    by item (seconds for 100,000 items); bytes cross untouched, and the
+    scheduler never needs the user's classes. ``fn`` travels this way too, as
+    one blob per run that a worker unpickles once (``_load_job``): a scattered
+    copy would tie every task to the workers holding it (Dask places tasks
+    next to their data) and be lost for good when those workers died.
     """
 
-    chunk: int = 1
-    target: float = TARGET_TASK_SECONDS
-    limit: int = MAX_AUTO_CHUNK
-    max_growth: int = 16
-    decay: float = 0.7
-    _items: float = field(default=0.0, repr=False)
-    _seconds: float = field(default=0.0, repr=False)
+    __slots__ = ("blob", "token")
 
-    def observe(self, items: int, seconds: float) -> bool:
-        """Record ``items`` computed in ``seconds``; True when ``chunk`` changed."""
-        if items <= 0:
-            return False
-        self._items = self._items * self.decay + items
-        self._seconds = self._seconds * self.decay + max(seconds, 0.0)
-        per_item = self._seconds / self._items
-        ideal = self.limit if per_item <= 0 else int(self.target / per_item)
-        new = max(1, min(ideal, self.limit, self.chunk * self.max_growth))
-        # Hysteresis: small wobbles of the measurement do not resize chunks.
-        if self.chunk // 2 < new < self.chunk * 2:
-            return False
-        self.chunk = new
-        return True
-
-
-# ------------------------------------------------------------ the worker side
-class _Job:
-    """What every task needs and is scattered once: fn and the initializer."""
-
-    __slots__ = ("fn", "initargs", "initializer", "token")
-
-    def __init__(self, fn: Callable[[Any], Any], initializer: Callable[..., Any] | None,
-                 initargs: tuple[Any, ...], token: str) -> None:
-        self.fn = fn
-        self.initializer = initializer
-        self.initargs = initargs
+    def __init__(self, blob: bytes, token: str = "") -> None:
+        self.blob = blob
         self.token = token
 
 
-class _Chunk:
-    """The items of one task. Opaque so that Dask pickles it in one go."""
-
-    __slots__ = ("items",)
-
-    def __init__(self, items: list[Any]) -> None:
-        self.items = items
-
-
+@dataclass(slots=True)
 class _Reply:
-    """What a task sends back: ``Outcome`` fields with portable errors."""
+    """What a task sends back: ``Outcome`` fields, errors with their traceback text."""
 
-    __slots__ = ("duration", "errors", "init_error", "values", "worker")
-
-    def __init__(self, values: list[Any], errors: dict[int, tuple[BaseException, str]] | None,
-                 duration: float, worker: str,
-                 init_error: tuple[BaseException, str] | None = None) -> None:
-        self.values = values
-        self.errors = errors
-        self.duration = duration
-        self.worker = worker
-        self.init_error = init_error
+    values: list[Any]
+    errors: dict[int, tuple[BaseException, str]] | None
+    duration: float
+    worker: str
+    init_error: tuple[BaseException, str] | None = None
 
 
-# Worker-process state: the runs whose initializer already ran here. The lock
-# makes a multi-threaded worker run each initializer once.
-_init_lock = threading.Lock()
+def _dumps(obj: Any) -> bytes:
+    """Plain pickle (fast for data), else cloudpickle (lambdas, ``__main__``).
+
+    Plain pickle refers to ``__main__`` objects by name, which on a worker
+    names another module, so such a pickle is redone by value (as Dask does).
+
+    Raises:
+        Exception: whatever cloudpickle raises for an object it cannot pickle.
+    """
+    try:
+        blob = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        if b"__main__" not in blob:
+            return blob
+    except Exception:
+        pass  # cloudpickle below can do more, or raises the error worth showing
+    return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)  # type: ignore[no-any-return]
+
+
+# Worker-process state: the last runs' unpickled jobs (each unpickled once) and
+# the runs whose initializer ran here. The lock guards both: a worker may run
+# several threads.
+_worker_lock = threading.Lock()
+_jobs: OrderedDict[str, tuple[Any, ...]] = OrderedDict()
 _initialized: set[str] = set()
 
 
-def _portable(exc: BaseException) -> tuple[BaseException, str]:
-    """The exception and its formatted traceback, in a form that will unpickle.
+def _load_job(job: _Pickled) -> tuple[Any, ...]:
+    with _worker_lock:
+        loaded = _jobs.get(job.token)
+        if loaded is None:
+            loaded = _jobs[job.token] = pickle.loads(job.blob)
+            while len(_jobs) > 8:
+                _jobs.popitem(last=False)
+        if loaded[1] is not None and job.token not in _initialized:
+            loaded[1](*loaded[2])  # the initializer; raising leaves the run uninitialized
+            _initialized.add(job.token)
+        return loaded
 
-    Tracebacks do not pickle, so the text travels beside the exception. An
-    exception whose class cannot make the round trip is replaced by a
-    ``NotPicklable`` that keeps its type name and message.
+
+def _portable(exc: BaseException) -> tuple[BaseException, str]:
+    """The exception (or a ``NotPicklable`` copy) and its traceback text.
+
+    Tracebacks do not pickle, so the text travels beside the exception; one
+    that cannot make the round trip is replaced, keeping type and message.
     """
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     try:
-        pickle.loads(cloudpickle.dumps(exc))
+        pickle.loads(_dumps(exc))
     except Exception as why:
-        exc = NotPicklable(
-            f"{type(exc).__qualname__}: {exc} (the exception could not be pickled back from "
-            f"the Dask worker: {why!r})"
-        )
+        exc = NotPicklable(f"{type(exc).__qualname__}: {exc} (cannot be pickled back from "
+                           f"the Dask worker: {why!r})")
     return exc, tb
 
 
-def _run_part(job: _Job, chunk: _Chunk) -> _Reply:
-    """Runs on a Dask worker: ``fn`` over the chunk, every failure caught."""
+def _run_part(job: _Pickled, chunk: _Pickled) -> _Reply:
+    """Runs on a Dask worker: ``fn`` over the chunk, every failure of fn caught."""
     from distributed import get_worker
 
     worker = get_worker().address
-    if job.initializer is not None and job.token not in _initialized:
-        with _init_lock:
-            if job.token not in _initialized:
-                try:
-                    job.initializer(*job.initargs)
-                except BaseException as exc:  # the run must stop: report, do not raise
-                    return _Reply([], None, 0.0, worker, _portable(exc))
-                _initialized.add(job.token)
-    items = chunk.items
     try:
-        outcome = run_chunk(sync_caller(job.fn), items, worker)
+        fn = _load_job(job)[0]
+    except BaseException as exc:  # the initializer failed: the run must stop
+        return _Reply([], None, 0.0, worker, _portable(exc))
+    items: list[Any] = pickle.loads(chunk.blob)
+    try:
+        outcome = run_chunk(sync_caller(fn), items, worker)
     except BaseException as exc:  # SystemExit and the like: fail the chunk, keep the worker
-        fail = _portable(exc)
-        return _Reply([None] * len(items), dict.fromkeys(range(len(items)), fail), 0.0, worker)
-    errors = None
-    if outcome.errors is not None:
-        errors = {k: _portable(e) for k, e in outcome.errors.items()}
+        return _Reply([None] * len(items), dict.fromkeys(range(len(items)), _portable(exc)),
+                      0.0, worker)
+    errors = None if outcome.errors is None else {
+        k: _portable(e) for k, e in outcome.errors.items()}
     return _Reply(outcome.values, errors, outcome.duration, worker)
 
 
 def _restore(exc: BaseException, tb: str) -> BaseException:
     if tb:
+        # The worker frames are in the cause; a copy Dask may have rebuilt on
+        # the exception itself would only print them twice.
         exc.__cause__ = RemoteTraceback(tb)
+        exc.__traceback__ = None
     return exc
 
 
 # ------------------------------------------------------------ the driver side
+@dataclass(slots=True, eq=False)
 class _Record:
-    """An engine task in flight: one or more parts, reported in index order."""
+    """An engine task in flight, as one or more parts reported in index order."""
 
-    __slots__ = ("next", "parts", "ready", "task")
-
-    def __init__(self, task: Task) -> None:
-        self.task = task
-        self.parts = 0  # parts not yet finished
-        self.next = task.done  # the first item not yet reported to the engine
-        self.ready: dict[int, Outcome] = {}  # finished out of order, by item offset
+    task: Task
+    parts: int = 0  # parts not yet finished
+    next: int = 0  # offset of the first item not yet reported to the engine
+    ready: dict[int, Outcome] = field(default_factory=dict)  # out of order, by offset
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Part:
     """One Dask future: items ``offset .. offset+count-1`` of a record's task."""
 
     record: _Record
     offset: int
     count: int
-    future: Any
+    future: Any = None
 
 
 class DaskBackend(Backend):
-    """Tasks as Dask futures on an existing cluster (``address=``) or a local one."""
+    """Tasks as Dask futures on an existing cluster (``address=``) or a local one.
+
+    Raises:
+        BackendUnavailable: dask.distributed is not installed.
+        InvalidOptionError: ``backend_options`` it does not understand, or
+            ``max_items_per_worker`` (not supported).
+        NotPicklable: ``fn`` or the initializer cannot be pickled.
+    """
 
     name = "dask"
 
@@ -266,33 +243,41 @@ class DaskBackend(Backend):
         super().__init__(fn, options, workers)
         self._distributed = import_distributed()
         extra = options.backend_options
-        _check_backend_options(extra)
+        per_thread = extra.get("tasks_per_thread", 2)
+        valid = (set(extra) <= {"client", "cluster_kwargs", "tasks_per_thread"}
+                 and type(per_thread) is int and per_thread >= 1
+                 and isinstance(extra.get("cluster_kwargs", {}), Mapping))
+        if not valid:
+            raise InvalidOptionError(
+                f"backend_options for dask accept client (a distributed.Client), "
+                f"cluster_kwargs (a dict) and tasks_per_thread (an int >= 1); got {dict(extra)!r}")
+        if options.max_items_per_worker is not None:
+            raise InvalidOptionError(
+                'max_items_per_worker is not supported by backend="dask": Dask manages its '
+                "workers' lifetimes (see `dask worker --lifetime`)")
         self._given_client: Any = extra.get("client")
-        self._cluster_kwargs: Mapping[str, Any] = extra.get("cluster_kwargs") or {}
-        self._tasks_per_thread: int = extra.get("tasks_per_thread", 2)
-        self._token = uuid.uuid4().hex[:12]
-        self._job = _Job(fn, options.initializer, options.initargs, self._token)
+        self._cluster_kwargs: Mapping[str, Any] = extra.get("cluster_kwargs", {})
+        self._tasks_per_thread: int = per_thread
+        token = uuid.uuid4().hex[:12]
         try:
-            cloudpickle.dumps(self._job)
+            job = (fn, options.initializer, options.initargs)
+            self._job = _Pickled(cloudpickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL), token)
         except Exception as exc:
             raise NotPicklable(
                 f"fn cannot be pickled to send it to Dask workers: {exc!r}; define it at "
                 "module level (importable on the workers) or make it cloudpickle-able"
             ) from exc
         label = re.sub(r"\W+", "_", getattr(fn, "__name__", type(fn).__name__)).strip("_")
-        self._key_prefix = f"shoal-{label or 'fn'}-{self._token}"
-        auto = options.chunk_size == "auto" and options.timeout is None
-        self._sizer = ChunkSizer() if auto else None
+        self._key_prefix = f"shoal-{label or 'fn'}-{token}"  # Dask's dashboard groups by it
         self._total: int | None = None
         self._closing = False
         self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._feeder: threading.Thread | None = None
-        # Everything below is owned by the feeder thread: other threads only
-        # put messages in _inbox (and set _closing).
+        self._fetch: queue.SimpleQueue[Any] = queue.SimpleQueue()  # finished futures; None: stop
+        self._collector: threading.Thread | None = None
+        # Owned by the feeder thread (others only use _inbox and set _closing):
         self._client: Any = None
         self._cluster: Any = None
-        self._job_future: Any = None
-        self._threads = workers
         self._window = 1
         self._parts: dict[Any, _Part] = {}  # future key -> part
         self._records: dict[int, _Record] = {}  # task seq -> record
@@ -303,14 +288,14 @@ class DaskBackend(Backend):
         return 2  # workers of the LocalCluster started when no address is given
 
     def auto_chunk_size(self, total: int | None) -> int:
-        self._total = total
-        return self._sizer.chunk if self._sizer is not None else 1
+        self._total = total  # bounds the chunk once the cluster's size is known
+        return 1  # grown by the engine from measurements (see _connect)
 
     # ------------------------------------------------------------- consumer
     def start(self, engine: Engine) -> None:
         # Connecting (or starting a LocalCluster) takes a second or more: the
-        # feeder does it, so that an async consumer's event loop never blocks.
-        # A failure reaches the consumer through engine.fail_run.
+        # feeder does it, so an async consumer's event loop never blocks. A
+        # failure reaches the consumer through engine.fail_run.
         self._engine = engine
         engine.on_capacity = self._wake
         self._feeder = threading.Thread(target=self._feed, name="shoal-dask-feeder", daemon=True)
@@ -320,8 +305,8 @@ class DaskBackend(Backend):
         self._inbox.put(("abandon", task))
 
     def shutdown(self, cancel: bool) -> None:
-        # Even with cancel the feeder is joined: it closes the client and the
-        # cluster shoal started, which must not outlive the run.
+        # Joined even on cancel: the feeder closes the client and the cluster
+        # shoal started, which must not outlive the run.
         self._closing = True
         self._inbox.put(("close", None))
         feeder = self._feeder
@@ -337,9 +322,8 @@ class DaskBackend(Backend):
             self._connect()
             self._loop()
         except BaseException as exc:
-            if isinstance(exc, ShoalError):
-                error: BaseException = exc
-            else:
+            error = exc
+            if not isinstance(exc, ShoalError):
                 error = BrokenBackend(f'backend="dask" failed: {exc!r}')
                 error.__cause__ = exc
             self._engine.fail_run(error)
@@ -347,13 +331,12 @@ class DaskBackend(Backend):
             self._disconnect()
 
     def _connect(self) -> None:
-        """Connect to the cluster, scatter the job and size the window.
+        """Connect to the cluster (or start one) and size the window.
 
         Raises:
-            BrokenBackend: the scheduler cannot be reached.
+            BrokenBackend: the scheduler cannot be reached or has no workers.
         """
-        d = self._distributed
-        address = self.options.address
+        d, address = self._distributed, self.options.address
         if self._given_client is not None:
             self._client = self._given_client
         elif address:
@@ -365,40 +348,34 @@ class DaskBackend(Backend):
                     "`dask scheduler` runs there and that its port is reachable"
                 ) from exc
         else:
-            kwargs: dict[str, Any] = {
+            self._cluster = d.LocalCluster(**{
                 "n_workers": self.workers, "threads_per_worker": 1, "processes": True,
-                "host": "127.0.0.1", "dashboard_address": None,
-            }
-            kwargs.update(self._cluster_kwargs)
-            self._cluster = d.LocalCluster(**kwargs)
+                "host": "127.0.0.1", "dashboard_address": None, **self._cluster_kwargs})
             self._client = d.Client(self._cluster, set_as_default=False)
         threads = sum(self._client.nthreads().values())
-        if threads == 0:
-            raise BrokenBackend(
-                f"the Dask cluster at {self._client.scheduler.address} has no workers; "
-                "start some with `dask worker <scheduler address>`"
-            )
-        self._threads = threads
+        if not threads:
+            raise BrokenBackend(f"the Dask cluster at {self._client.scheduler.address} has no "
+                                "workers; start some with `dask worker <scheduler address>`")
         self.workers = threads  # reported in the BatchReport
+        self._collector = threading.Thread(target=self._collect, name="shoal-dask-collector",
+                                           daemon=True)
+        self._collector.start()
         per_thread = 1 if self.options.timeout is not None else self._tasks_per_thread
-        self._window = max(1, per_thread * threads)
-        self._job_future = self._client.scatter(self._job, broadcast=True, hash=False)
-        chunk = self.options.chunk_size
-        if self._sizer is not None and self._total is not None:
-            # Keep some four tasks per thread, so that the last ones balance.
-            self._sizer.limit = max(1, min(self._sizer.limit, self._total // (4 * threads)))
-        self._resize(chunk if chunk != "auto" else self._sizer_chunk())
-
-    def _sizer_chunk(self) -> int:
-        return self._sizer.chunk if self._sizer is not None else 1
-
-    def _resize(self, chunk: int) -> None:
-        # The same rule as the driver's default, with the cluster's real size.
-        self._engine.set_chunk_size(chunk, max(64, 4 * self._threads * chunk))
+        self._window = per_thread * threads
+        opts = self.options
+        chunk = 1 if opts.chunk_size == "auto" else opts.chunk_size
+        # The driver's default in-flight rule, now with the cluster's real size.
+        self._engine.set_chunk_size(chunk, max(64, 4 * threads * chunk))
+        if opts.chunk_size == "auto" and opts.timeout is None and opts.rate is None:
+            # Same conditions as the driver's adaptive chunks, with a cap fit
+            # for a cluster: at most MAX_AUTO_CHUNK, and four tasks per thread
+            # at least when the input's length is known, so the last ones balance.
+            cap = MAX_AUTO_CHUNK if self._total is None else self._total // (4 * threads)
+            self._engine.adapt_chunks(TARGET_TASK_SECONDS, threads,
+                                      cap=max(1, min(cap, MAX_AUTO_CHUNK)))
 
     def _loop(self) -> None:
-        engine = self._engine
-        more = True
+        engine, more = self._engine, True
         while not self._closing:
             timeout: float | None = None  # None: until a message arrives
             while more and len(self._parts) < self._window and not self._closing:
@@ -409,119 +386,127 @@ class DaskBackend(Backend):
                     timeout = None if math.isinf(got) else got
                     break
                 else:
-                    self._submit(got)
+                    record = self._records[got.seq] = _Record(got, next=got.done)
+                    self._submit(record, got.done, len(got.items) - got.done)
             if not more and (not self._parts or engine.stopped):
                 return
-            self._handle(self._messages(timeout))
-
-    def _messages(self, timeout: float | None) -> list[tuple[str, Any]]:
-        try:
-            msgs = [self._inbox.get(timeout=timeout)]
-        except queue.Empty:
-            return []
-        while True:
             try:
-                msgs.append(self._inbox.get_nowait())
+                msgs = [self._inbox.get(timeout=timeout)]
             except queue.Empty:
-                return msgs
+                continue
+            while not self._inbox.empty():
+                msgs.append(self._inbox.get())
+            self._handle(msgs)
 
-    def _submit(self, task: Task) -> None:
-        record = _Record(task)
-        self._records[task.seq] = record
-        self._submit_part(record, task.done, len(task.items) - task.done)
-
-    def _submit_part(self, record: _Record, offset: int, count: int) -> None:
-        items = record.task.items[offset : offset + count]
+    def _submit(self, record: _Record, offset: int, count: int) -> None:
+        try:
+            blob = _dumps(record.task.items[offset : offset + count])
+        except Exception as exc:
+            record.parts += 1
+            error = NotPicklable(f"item {record.task.start + offset} cannot be pickled to "
+                                 f"send it to a Dask worker: {exc!r}")
+            self._rerun_alone(_Part(record, offset, count), error, exc)
+            return
         key = f"{self._key_prefix}-{next(self._keys)}"
-        future = self._client.submit(_run_part, self._job_future, _Chunk(items), key=key,
-                                     pure=False)
+        future = self._client.submit(_run_part, self._job, _Pickled(blob), key=key, pure=False)
         self._parts[future.key] = _Part(record, offset, count, future)
         record.parts += 1
-        future.add_done_callback(self._on_done)
+        future.add_done_callback(self._fetch.put)  # on Dask's callback thread
 
-    def _on_done(self, future: Any) -> None:  # on Dask's callback thread
-        self._inbox.put(("done", future))
+    def _rerun_alone(self, part: _Part, error: BaseException, cause: BaseException) -> None:
+        """One of the part's items is to blame, but which is unknown.
+
+        Several items: each runs again as a part of its own, not counted as an
+        attempt, so only the guilty one ends up failed. One item: it fails.
+        """
+        if part.count > 1:
+            part.record.parts -= 1
+            for k in range(part.count):
+                self._submit(part.record, part.offset + k, 1)
+            return
+        error.__cause__ = cause
+        worker = getattr(getattr(cause, "last_worker", None), "address", "")
+        self._report(part, Outcome([None], {0: error}, 0.0, str(worker or "")))
 
     def _handle(self, msgs: list[tuple[str, Any]]) -> None:
-        finished: list[_Part] = []
         for kind, payload in msgs:
-            if kind == "done":
-                part = self._parts.pop(payload.key, None)
-                if part is None:
-                    continue  # abandoned after a timeout, or already handled
-                if payload.status == "finished":
-                    finished.append(part)
-                else:
-                    self._failed(part, _future_error(payload))
-            elif kind == "abandon":
+            if kind == "abandon":
                 self._drop(payload)
-        if finished:
-            self._collect(finished)
+            elif kind == "broken":
+                raise BrokenBackend(f"fetching results from Dask failed: {payload!r}") from payload
+            elif kind == "fetched":
+                for future, reply, exc in payload:
+                    part = self._parts.pop(future.key, None)
+                    if part is None:
+                        continue  # abandoned after a timeout
+                    if exc is None:
+                        self._received(part, reply)
+                    else:
+                        self._failed(part, exc)
 
-    def _collect(self, parts: list[_Part]) -> None:
-        """Fetch the replies of finished parts (one round trip for all of them)."""
+    def _collect(self) -> None:
+        """Collector thread: fetches finished futures, so the feeder never waits on the network.
+
+        It touches only futures; what it fetched goes to the feeder as a message.
+        """
         try:
-            replies: list[_Reply] = self._client.gather([p.future for p in parts])
-        except Exception:
-            # One of them could not be fetched: find which, one at a time.
-            for part in parts:
-                try:
-                    reply = part.future.result()
-                except Exception as exc:
-                    self._failed(part, exc)
-                else:
-                    self._received(part, reply)
-            return
-        for part, reply in zip(parts, replies, strict=True):
-            self._received(part, reply)
+            while True:
+                futures = [self._fetch.get()]
+                while not self._fetch.empty():
+                    futures.append(self._fetch.get())
+                # One status read per future: it may change while we look.
+                states = [(f, f.status) for f in futures if f is not None]
+                fetched: list[tuple[Any, _Reply | None, BaseException | None]] = [
+                    (f, None, _future_error(f)) for f, state in states if state != "finished"]
+                finished = [f for f, state in states if state == "finished"]
+                try:  # one round trip for all of them
+                    replies = self._client.gather(finished) if finished else []
+                    fetched += [(f, r, None) for f, r in zip(finished, replies, strict=True)]
+                except Exception:  # one could not be fetched: find which, one at a time
+                    for f in finished:
+                        try:
+                            fetched.append((f, f.result(), None))
+                        except Exception as exc:
+                            fetched.append((f, None, exc))
+                if fetched:
+                    self._inbox.put(("fetched", fetched))
+                if None in futures:
+                    return
+        except BaseException as exc:  # the feeder must not wait for results forever
+            self._inbox.put(("broken", exc))
 
     def _received(self, part: _Part, reply: _Reply) -> None:
         if reply.init_error is not None:
             self._engine.fail_run(_restore(*reply.init_error))
             return
-        errors = None
-        if reply.errors is not None:
-            errors = {k: _restore(exc, tb) for k, (exc, tb) in reply.errors.items()}
-        if self._sizer is not None and self._sizer.observe(len(reply.values), reply.duration):
-            self._resize(self._sizer.chunk)
+        errors = None if reply.errors is None else {
+            k: _restore(e, tb) for k, (e, tb) in reply.errors.items()}
         self._report(part, Outcome(reply.values, errors, reply.duration, reply.worker))
 
     def _failed(self, part: _Part, exc: BaseException) -> None:
-        """A future erred on its own (``fn`` raising never gets here)."""
-        cancelled = isinstance(exc, (CancelledError, AsyncioCancelledError))
-        if cancelled and self._client.status not in ("running", "connecting"):
+        """A future erred by itself (``fn`` raising never gets here)."""
+        lost = isinstance(exc, (self._distributed.KilledWorker, CancelledError,
+                                AsyncioCancelledError))
+        if lost and self._client.status not in ("running", "connecting"):
             raise BrokenBackend(
                 f"lost the connection to the Dask scheduler ({self._client.status})"
             ) from exc
-        record = part.record
-        if not _worker_lost(exc, self._distributed):
-            # The task itself cannot run on the cluster (fn or an item does not
-            # unpickle there, ...): each of its items fails with that error.
-            tb = _format_tb(part.future)
-            n = part.count
-            failures = {k: _restore(exc, tb) for k in range(n)}
-            self._report(part, Outcome([None] * n, failures, 0.0, ""))
-        elif part.count > 1:
-            # Which item killed the worker is unknown: run them one by one, so
-            # only the guilty one fails and the others are not even retried.
-            record.parts -= 1
-            for k in range(part.count):
-                self._submit_part(record, part.offset + k, 1)
-        else:
-            last = getattr(getattr(exc, "last_worker", None), "address", "")
-            index = record.task.start + part.offset
-            error = WorkerCrashed(
-                f"item {index}: the Dask worker running it died or was lost ({exc})"
-            )
-            error.__cause__ = exc
-            self._report(part, Outcome([None], {0: error}, 0.0, str(last or "")))
+        if lost:
+            index = part.record.task.start + part.offset
+            self._rerun_alone(part, WorkerCrashed(
+                f"item {index}: the Dask worker running it died or was lost ({exc})"), exc)
+            return
+        # The task cannot run on the cluster at all (fn does not unpickle
+        # there, ...): each of its items fails with that error.
+        failure = _restore(exc, _format_tb(part.future))
+        self._report(part, Outcome([None] * part.count, dict.fromkeys(range(part.count),
+                                                                      failure), 0.0, ""))
 
     def _report(self, part: _Part, outcome: Outcome) -> None:
         """Give the engine every outcome of the record that is next in order."""
-        record = part.record
+        record, task = part.record, part.record.task
         record.parts -= 1
         record.ready[part.offset] = outcome
-        task = record.task
         while record.next in record.ready:
             done = record.ready.pop(record.next)
             record.next += len(done.values)
@@ -532,8 +517,6 @@ class DaskBackend(Backend):
     def _drop(self, task: Task) -> None:
         """The engine gave up on ``task`` (timeout): cancel what still runs."""
         record = self._records.pop(task.seq, None)
-        if record is None:
-            return
         doomed = [p for p in self._parts.values() if p.record is record]
         for part in doomed:
             del self._parts[part.future.key]
@@ -541,53 +524,28 @@ class DaskBackend(Backend):
             self._client.cancel([p.future for p in doomed])
 
     def _disconnect(self) -> None:
-        """Cancel what is left and close what shoal opened (feeder thread)."""
-        steps: list[tuple[str, Callable[[], Any]]] = []
+        """Cancel what is left and close what shoal opened."""
         client, cluster = self._client, self._cluster
-        if client is not None:
-            pending = [p.future for p in self._parts.values()]
-            self._parts.clear()
-            self._records.clear()
-            if pending:
-                steps.append(("cancel the remaining tasks", lambda: client.cancel(pending)))
-            job = self._job_future
-            if job is not None:
-                steps.append(("release the scattered function", job.release))
-            if self._given_client is None:
-                steps.append(("close the Dask client", client.close))
+        pending = [p.future for p in self._parts.values()]
+        self._parts.clear()
+        self._records.clear()
+        if pending:
+            _cleanup("cancel the remaining tasks", lambda: client.cancel(pending))
+        if self._collector is not None:
+            self._fetch.put(None)
+            self._collector.join()
+        if client is not None and self._given_client is None:
+            _cleanup("close the Dask client", client.close)
         if cluster is not None:
-            steps.append(("close the LocalCluster", cluster.close))
-        for what, step in steps:
-            try:
-                step()
-            except Exception as exc:  # cleanup goes on; the failure is reported
-                warnings.warn(f"shoal: could not {what}: {exc!r}", RuntimeWarning, stacklevel=1)
-        self._client = self._cluster = self._job_future = None
+            _cleanup("close the LocalCluster", cluster.close)
+        self._client = self._cluster = None
 
 
-def _check_backend_options(extra: Mapping[str, Any]) -> None:
-    """Validate ``backend_options`` for the Dask backend.
-
-    Raises:
-        InvalidOptionError: an unknown key or a value of the wrong kind.
-    """
-    unknown = sorted(set(extra) - set(_BACKEND_OPTIONS))
-    if unknown:
-        raise InvalidOptionError(
-            f'backend="dask" does not know backend_options {", ".join(map(repr, unknown))}; '
-            f"known: {', '.join(_BACKEND_OPTIONS)}"
-        )
-    per_thread = extra.get("tasks_per_thread", 2)
-    if isinstance(per_thread, bool) or not isinstance(per_thread, int) or per_thread < 1:
-        raise InvalidOptionError(
-            f"backend_options tasks_per_thread must be an int >= 1, got {per_thread!r}"
-        )
-    kwargs = extra.get("cluster_kwargs")
-    if kwargs is not None and not isinstance(kwargs, Mapping):
-        raise InvalidOptionError(
-            f"backend_options cluster_kwargs must be a dict of LocalCluster arguments, "
-            f"got {kwargs!r}"
-        )
+def _cleanup(what: str, step: Callable[[], Any]) -> None:
+    try:
+        step()
+    except Exception as exc:  # the other cleanup steps still run; this one is reported
+        warnings.warn(f"shoal: could not {what}: {exc!r}", RuntimeWarning, stacklevel=2)
 
 
 def _future_error(future: Any) -> BaseException:
@@ -596,18 +554,14 @@ def _future_error(future: Any) -> BaseException:
         exc = future.exception()
     except (CancelledError, AsyncioCancelledError) as cancelled:
         return cancelled
-    if exc is None:  # status said "cancelled"/"lost" but no exception is stored
+    if exc is None:  # "cancelled" or "lost" without a stored exception
         return CancelledError(f"Dask future {future.key} ended as {future.status!r}")
     return exc  # type: ignore[no-any-return]
-
-
-def _worker_lost(exc: BaseException, distributed: Any) -> bool:
-    return isinstance(exc, (distributed.KilledWorker, CancelledError, AsyncioCancelledError))
 
 
 def _format_tb(future: Any) -> str:
     try:
         tb = future.traceback()
-    except Exception:  # the traceback is a nicety; the error itself is reported
+    except Exception:  # the traceback is a nicety: the error itself is reported
         return ""
     return "".join(traceback.format_tb(tb)) if tb is not None else ""

@@ -1,0 +1,358 @@
+"""The Dask backend on a real two-worker LocalCluster (loopback, started here).
+
+The cluster has one thread per worker and ``allowed-failures=0``, so a worker
+that dies fails its task at once (``KilledWorker``) instead of after three
+deaths. Items that must wait are held by a ``distributed.Event`` the test sets,
+never by a sleep.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+import threading
+import uuid
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import pytest
+
+import shoal
+from shoal import RetryPolicy
+from shoal._backends import _dask
+from shoal._errors import (
+    BackendUnavailable,
+    InvalidOptionError,
+    NotPicklable,
+    RemoteTraceback,
+    WorkerCrashed,
+)
+
+# Dask workers cannot import the tests folder: send this module's functions by value.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def dist() -> Any:
+    """dask.distributed, imported only by the tests that use it.
+
+    Importing it has a global side effect (tblib makes more exceptions
+    picklable), so the test modules collected with this one must not see it.
+    """
+    return pytest.importorskip("distributed")
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Any]:
+    distributed = dist()
+    import dask
+
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
+            warnings.catch_warnings():
+        # Without a dashboard the port does not matter: do not warn that
+        # another cluster on this machine holds 8787.
+        warnings.filterwarnings("ignore", "Port 8787 is already in use")
+        local = distributed.LocalCluster(
+            n_workers=2, processes=True, threads_per_worker=1, host="127.0.0.1",
+            dashboard_address=None, silence_logs=50,
+        )
+    try:
+        yield local
+    finally:
+        local.close()
+
+
+@pytest.fixture(scope="module")
+def client(cluster: Any) -> Iterator[Any]:
+    with dist().Client(cluster, set_as_default=False) as c:
+        yield c
+
+
+@pytest.fixture
+def opts(cluster: Any) -> dict[str, Any]:
+    return {"backend": "dask", "address": cluster.scheduler_address}
+
+
+# --------------------------------------------------------------- item functions
+def square(x: int) -> int:
+    return x * x
+
+
+def fail_on_odd(x: int) -> int:
+    if x % 2:
+        raise ValueError(f"odd item {x}")
+    return x
+
+
+def fail_first_attempt(arg: tuple[str, int]) -> int:
+    folder, x = arg
+    marker = Path(folder) / f"seen-{x}"
+    if not marker.exists():
+        marker.write_text("1")
+        raise ConnectionError(f"transient failure of {x}")
+    return x
+
+
+def wait_for_event(arg: tuple[str, Any]) -> Any:
+    """Item "wait" blocks until the test sets the event (30 s at most)."""
+    name, x = arg
+    if x == "wait":
+        distributed: Any = importlib.import_module("distributed")  # on the worker; untyped
+        distributed.Event(name).wait(timeout=30)
+    return x
+
+
+def die_on_5(x: int) -> int:
+    if x == 5:
+        os._exit(1)  # the worker process dies, as on a segfault or OOM kill
+    return x
+
+
+def die_once_on_5(arg: tuple[str, int]) -> int:
+    folder, x = arg
+    marker = Path(folder) / "died"
+    if x == 5 and not marker.exists():
+        marker.write_text("1")
+        os._exit(1)
+    return x
+
+
+def fail_if_flag(arg: tuple[str, int]) -> int:
+    flag, x = arg
+    if x == 3 and os.path.exists(flag):
+        raise RuntimeError("flagged")
+    return x
+
+
+def pid_of(_: Any) -> int:
+    return os.getpid()
+
+
+def write_init_marker(folder: str) -> None:
+    Path(folder, f"init-{os.getpid()}").write_text("1")
+
+
+def broken_initializer() -> None:
+    raise OSError("no database")
+
+
+# ------------------------------------------------------------------- behaviour
+def test_map_keeps_input_order(opts: dict[str, Any]) -> None:
+    assert shoal.map(square, range(200), **opts) == [x * x for x in range(200)]
+
+
+def test_tiny_items_are_chunked_and_stay_in_order(
+    opts: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tasks: list[int] = []
+    submit = _dask.DaskBackend._submit
+
+    def counting(self: Any, record: Any, offset: int, count: int) -> None:
+        tasks.append(count)
+        submit(self, record, offset, count)
+
+    monkeypatch.setattr(_dask.DaskBackend, "_submit", counting)
+    n = 30_000
+    report = shoal.run(square, range(n), **opts)
+    assert report.values == [x * x for x in range(n)]
+    assert sum(tasks) == n and len(tasks) < 200  # chunks grew from one item
+    assert tasks[0] == 1 and max(tasks) <= n // (4 * 2)  # four tasks per thread at least
+    assert all(r.worker.startswith("tcp://127.0.0.1:") for r in report.results)
+
+
+def test_all_or_nothing_raises_the_item_error(opts: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="odd item"):
+        shoal.map(fail_on_odd, range(10), **opts)
+
+
+def test_skip_failed_drops_failures(opts: dict[str, Any]) -> None:
+    assert shoal.map(fail_on_odd, range(10), on_error="skip_failed", **opts) == [0, 2, 4, 6, 8]
+
+
+def test_collect_errors_carries_the_worker_traceback(opts: dict[str, Any]) -> None:
+    report = shoal.run(fail_on_odd, range(6), **opts)
+    assert [r.ok for r in report.results] == [True, False] * 3
+    failure = report.failures[0]
+    assert isinstance(failure.error, ValueError)
+    assert isinstance(failure.error.__cause__, RemoteTraceback)
+    assert "fail_on_odd" in failure.error.__cause__.tb
+    assert failure.worker.startswith("tcp://127.0.0.1:")
+    values = shoal.map(fail_on_odd, range(4), on_error="collect_errors", **opts)
+    assert values[0] == 0 and isinstance(values[1], ValueError)
+
+
+def test_retries_rerun_failed_items(opts: dict[str, Any], tmp_path: Path) -> None:
+    report = shoal.run(fail_first_attempt, [(str(tmp_path), x) for x in range(4)],
+                       retries=RetryPolicy(retries=1, backoff=0.0), **opts)
+    assert report.values == [0, 1, 2, 3]
+    assert [r.attempts for r in report.results] == [2, 2, 2, 2]
+
+
+def test_timeout_fails_only_the_hung_item(opts: dict[str, Any], client: Any) -> None:
+    name = f"release-{uuid.uuid4().hex}"
+    items = [(name, x) for x in (0, 1, "wait", 3, 4)]
+    try:
+        report = shoal.run(wait_for_event, items, timeout=3.0, **opts)
+    finally:
+        dist().Event(name, client=client).set()  # free the worker thread
+    assert [r.item[1] for r in report.failures] == ["wait"]
+    assert isinstance(report.failures[0].error, TimeoutError)
+    assert report.values == [0, 1, 3, 4]
+
+
+def test_imap_ordered_yields_in_input_order(opts: dict[str, Any]) -> None:
+    indices = [r.index for r in shoal.imap(square, range(50), chunk_size=3, **opts)]
+    assert indices == list(range(50))
+
+
+def test_imap_unordered_does_not_wait_for_a_slow_item(opts: dict[str, Any], client: Any) -> None:
+    name = f"slow-{uuid.uuid4().hex}"
+    items = [(name, "wait")] + [(name, x) for x in range(1, 8)]
+    seen: list[Any] = []
+    try:
+        for r in shoal.imap(wait_for_event, items, ordered=False, chunk_size=1, **opts):
+            seen.append(r.item[1])
+            if len(seen) == 7:
+                dist().Event(name, client=client).set()
+    finally:
+        dist().Event(name, client=client).set()
+    assert sorted(seen[:7]) == list(range(1, 8))
+    assert seen[7] == "wait"
+
+
+def test_generator_input_streams_in_bounded_memory(opts: dict[str, Any]) -> None:
+    pulled = 0
+
+    def endless() -> Iterator[int]:
+        nonlocal pulled
+        while True:
+            pulled += 1
+            yield pulled
+
+    got = 0
+    for _ in shoal.imap(square, endless(), chunk_size=1, max_in_flight=8, **opts):
+        got += 1
+        if got == 20:
+            break
+    assert 20 <= pulled <= 20 + 8
+
+
+def test_checkpoint_resume_runs_only_what_failed(opts: dict[str, Any], tmp_path: Path) -> None:
+    flag = tmp_path / "flag"
+    flag.write_text("1")
+    items = [(str(flag), x) for x in range(10)]
+    db = tmp_path / "run.db"
+    first = shoal.run(fail_if_flag, items, checkpoint=db, **opts)
+    assert first.failed == 1
+    flag.unlink()
+    second = shoal.run(fail_if_flag, items, checkpoint=db, **opts)
+    assert second.values == list(range(10))
+    assert second.restored == 9 and not second.results[3].restored
+
+
+def test_amap_from_a_running_loop(opts: dict[str, Any]) -> None:
+    import asyncio
+
+    assert asyncio.run(shoal.amap(square, range(20), **opts)) == [x * x for x in range(20)]
+
+
+def test_initializer_runs_once_per_worker(opts: dict[str, Any], tmp_path: Path) -> None:
+    pids = shoal.map(pid_of, range(40), initializer=write_init_marker,
+                     initargs=(str(tmp_path),), chunk_size=1, **opts)
+    inits = {int(p.name.split("-")[1]) for p in tmp_path.glob("init-*")}
+    assert set(pids) <= inits
+
+
+def test_failing_initializer_stops_the_run(opts: dict[str, Any]) -> None:
+    with pytest.raises(OSError, match="no database"):
+        shoal.map(square, range(5), initializer=broken_initializer, **opts)
+
+
+# ------------------------------------------------------------- worker crashes
+def test_a_killed_worker_costs_only_its_item(opts: dict[str, Any]) -> None:
+    # One task per worker thread: nothing waits on the worker item 5 kills.
+    report = shoal.run(die_on_5, range(12), chunk_size=1,
+                       backend_options={"tasks_per_thread": 1}, **opts)
+    assert [r.index for r in report.failures] == [5]
+    assert isinstance(report.failures[0].error, WorkerCrashed)
+    assert report.values == [x for x in range(12) if x != 5]
+
+
+def test_a_lost_chunk_is_rerun_item_by_item(opts: dict[str, Any], tmp_path: Path) -> None:
+    # Item 5 kills its worker once. Every chunk lost with that worker is split
+    # and its items run again one by one, without using up a retry.
+    items = [(str(tmp_path), x) for x in range(16)]
+    report = shoal.run(die_once_on_5, items, chunk_size=4, **opts)
+    assert report.values == list(range(16))
+    assert (tmp_path / "died").exists()
+    assert all(r.attempts == 1 for r in report.results)
+
+
+# ------------------------------------------------------ own cluster and errors
+# The scheduler's HTTP server (no dashboard) falls back from port 8787 when the
+# module's cluster holds it, and says so.
+@pytest.mark.filterwarnings("ignore:Port 8787 is already in use")
+def test_without_address_starts_and_stops_its_own_cluster(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    started: list[Any] = []
+    distributed = dist()
+    base: Any = distributed.LocalCluster
+
+    class RecordingCluster(base):  # type: ignore[misc]
+        def __init__(self, **kwargs: Any) -> None:
+            started.append(kwargs)
+            super().__init__(**kwargs)
+            started.append(self)
+
+    monkeypatch.setattr(distributed, "LocalCluster", RecordingCluster)
+    report = shoal.run(square, range(10), backend="dask", workers=1)
+    assert report.values == [x * x for x in range(10)]
+    kwargs, own = started
+    assert kwargs["n_workers"] == 1 and kwargs["host"] == "127.0.0.1"
+    assert own.status.name == "closed"
+    assert report.workers == 1
+    assert threading.active_count() >= 1
+
+
+def test_missing_distributed_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    with pytest.raises(BackendUnavailable, match=r'pip install "shoal\[dask\]"'):
+        shoal.map(square, [1], backend="dask", address="tcp://127.0.0.1:1")
+
+
+def test_unpicklable_function_is_refused_before_connecting() -> None:
+    lock = threading.Lock()
+    with pytest.raises(NotPicklable, match="cannot be pickled"):
+        shoal.map(lambda x: (lock, x), [1], backend="dask", address="tcp://127.0.0.1:1")
+
+
+def test_unknown_backend_option_is_refused() -> None:
+    with pytest.raises(InvalidOptionError, match="tasks_per_thread"):
+        shoal.map(square, [1], backend="dask", backend_options={"tasks_per_thred": 2})
+
+
+def test_unreachable_scheduler_is_a_clear_error() -> None:
+    import dask
+
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}), \
+            pytest.raises(shoal.BrokenBackend, match="cannot connect"):
+        shoal.map(square, [1], backend="dask", address="tcp://127.0.0.1:1")
+
+
+# ---------------------------------------------------------------------- example
+def test_split_merge_example_prints_the_seed_lines(cluster: Any) -> None:
+    script = Path(__file__).resolve().parent.parent / "examples" / "dask" / "split_merge.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--address", cluster.scheduler_address],
+        capture_output=True, text=True, timeout=120, check=True,
+    )
+    lines = done.stdout.splitlines()
+    assert lines[0] == f"Generated items: {list(range(28))}"
+    assert lines[1] == ("Item batches: [[0, 1, 2, 3, 4, 5], [6, 7, 8, 9, 10, 11], "
+                        "[12, 13, 14, 15, 16, 17], [18, 19, 20, 21, 22, 23], [24, 25, 26, 27]]")
+    assert lines[-1] == f"Processed items: {[i / 42 for i in range(28)]}"
