@@ -19,7 +19,7 @@ import enum
 import functools
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -273,8 +273,7 @@ class BatchProcessor:
         Raises:
             NodeFailed: the first failure, when ``continue_on_error`` is False.
         """
-        stream = cast(AsyncGenerator[ItemResult[Any], None],
-                      aimap(self._fn, inputs, ordered=False, **self._options))
+        stream = aimap(self._fn, inputs, ordered=False, **self._options)
         try:
             async for item in stream:
                 result = _batch_result(item)
@@ -450,8 +449,7 @@ class ParallelNode(BaseNode):
             return await self.nodes[index].execute(context, workflow_context)
 
         settled: dict[int, NodeResult] = {}
-        stream = cast(AsyncGenerator[ItemResult[Any], None],
-                      aimap(run_child, range(len(self.nodes)), ordered=False, **self._options))
+        stream = aimap(run_child, range(len(self.nodes)), ordered=False, **self._options)
         try:
             async for item in stream:
                 result = (cast(NodeResult, item.value) if item.ok
