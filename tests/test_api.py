@@ -185,7 +185,7 @@ def test_arun_runs_a_coroutine_with_or_without_a_loop() -> None:
 
 def test_all_is_complete_and_sorted() -> None:
     public = {n for n in dir(shoal) if not n.startswith("_")} - {"annotations"}
-    modules = {"nodes", "flow", "graph", "cli", "arrays", "demo"}
+    modules = {"nodes", "flow", "graph", "cli", "arrays", "demo", "aggregate"}
     assert sorted(shoal.__all__) == shoal.__all__
     assert public - modules == set(shoal.__all__)
 
@@ -215,3 +215,24 @@ def test_auto_falls_back_to_threads_when_fn_cannot_be_pickled() -> None:
     assert report.values == list(range(60))
     assert report.backend == "threads"
     assert "CPU-bound" in report.backend_reason and "cannot be pickled" in report.backend_reason
+
+
+def test_failed_items_can_be_kept_on_resume(tmp_path: Any) -> None:
+    db = tmp_path / "run.db"
+    first = shoal.run(workfns.fail_on_negative, [1, -1], checkpoint=db)
+    assert first.failed == 1
+    store = shoal.open_checkpoint(db, workfns.fail_on_negative, retry_failed=False)
+    again = shoal.run(workfns.fail_on_negative, [1, -1], checkpoint=store)
+    assert again.restored == 2 and again.failed == 1
+    assert "negative item" in str(again.failures[0].error)
+    retried = shoal.run(workfns.fail_on_negative, [1, -1], checkpoint=db)
+    assert retried.restored == 1  # by default a failure runs again
+
+
+def test_public_aggregate_module() -> None:
+    from shoal import aggregate
+
+    report = shoal.run(workfns.square, [1, 2, 3, 4, 100], backend="sequential")
+    stats = aggregate.describe(report)
+    assert (stats.count, stats.min, stats.max) == (5, 1, 10000)
+    assert [o.item for o in aggregate.outliers_iqr(report)] == [100]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from shoal._api import aimap, amap, arun_batch, imap, map, run
 from shoal._bridge import arun
+from shoal._checkpoint import open_checkpoint
 from shoal._errors import (
     BackendUnavailable,
     BatchInterrupted,
@@ -27,6 +28,7 @@ from shoal._errors import (
     WorkerCrashed,
 )
 from shoal._options import Options
+from shoal._progress import ProgressEvent
 from shoal._ratelimit import RateLimit
 from shoal._results import BatchReport, ItemResult
 from shoal._retry import RetryPolicy
@@ -45,6 +47,7 @@ __all__ = [
     "ItemResult",
     "NotPicklable",
     "Options",
+    "ProgressEvent",
     "RateLimit",
     "RemoteTraceback",
     "RetryPolicy",
@@ -58,6 +61,7 @@ __all__ = [
     "iter_batches",
     "map",
     "merge",
+    "open_checkpoint",
     "run",
     "split",
 ]
