@@ -14,11 +14,13 @@ import functools
 import inspect
 import threading
 import time
+import types
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 _local = threading.local()
+_COROUTINE = types.CoroutineType
 
 
 @dataclass(slots=True)
@@ -113,16 +115,25 @@ def run_chunk(call: Callable[[Any], Any], items: Sequence[Any], worker: str) -> 
     return Outcome(values, errors, time.perf_counter() - start, worker)
 
 
-async def run_chunk_async(fn: Callable[[Any], Any], items: Sequence[Any], worker: str) -> Outcome:
-    """``run_chunk`` for the event loop: awaitable results are awaited."""
+async def run_chunk_async(
+    fn: Callable[[Any], Any],
+    items: Sequence[Any],
+    worker: str,
+    wrap: Callable[[Awaitable[Any]], Awaitable[Any]] | None = None,
+) -> Outcome:
+    """``run_chunk`` for the event loop: awaitable results are awaited.
+
+    ``wrap`` may turn each awaitable into another before it is awaited (the
+    asyncio backend gives timed items a task of their own, to cancel them).
+    """
     start = time.perf_counter()
     values: list[Any] = []
     errors: dict[int, BaseException] | None = None
     for k, x in enumerate(items):
         try:
             value = fn(x)
-            if inspect.isawaitable(value):
-                value = await value
+            if type(value) is _COROUTINE or inspect.isawaitable(value):
+                value = await (value if wrap is None else wrap(value))
             values.append(value)
         except Exception as exc:
             values.append(None)

@@ -17,18 +17,15 @@ from __future__ import annotations
 import asyncio
 import inspect
 import math
-import time
-import types
 from collections import deque
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from shoal._backends._base import Backend
-from shoal._calling import Outcome
+from shoal._calling import Outcome, run_chunk_async
 
 if TYPE_CHECKING:
     from shoal._engine import Engine, Task
-
-_COROUTINE = types.CoroutineType
 
 
 class AsyncioBackend(Backend):
@@ -108,7 +105,6 @@ class AsyncioBackend(Backend):
         engine = self._engine
         fn = self.fn
         name = f"asyncio-{wid}"
-        perf = time.perf_counter
         timed = self.options.timeout is not None
         while not self._closing:
             got = engine.acquire()
@@ -119,50 +115,26 @@ class AsyncioBackend(Backend):
                 continue
             if self._waiters:
                 self._wake()  # pass the baton: there may be more work
-            start = perf()
             if timed:
                 outcome = await self._run_timed(wid, got, name)
                 if outcome is None:
                     continue  # our item timed out; the engine has failed it already
-                engine.complete(got, outcome)
-                continue
-            values: list[Any] = []
-            errors: dict[int, BaseException] | None = None
-            for k, item in enumerate(got.items):
-                try:
-                    value = fn(item)
-                    if type(value) is _COROUTINE or inspect.isawaitable(value):
-                        value = await value
-                    values.append(value)
-                except Exception as exc:
-                    values.append(None)
-                    if errors is None:
-                        errors = {}
-                    errors[k] = exc
-            engine.complete(got, Outcome(values, errors, perf() - start, name))
+            else:
+                outcome = await run_chunk_async(fn, got.items, name)
+            engine.complete(got, outcome)
 
     async def _run_timed(self, wid: int, task: Task, name: str) -> Outcome | None:
         """Run a task whose items have a timeout; None if it was abandoned."""
         self._current[wid] = task
-        values: list[Any] = []
-        errors: dict[int, BaseException] | None = None
-        start = time.perf_counter()
+
+        def own_task(aw: Awaitable[Any]) -> Awaitable[Any]:
+            # Its own task, so that abandon() cancels this item and nothing else.
+            inner = asyncio.ensure_future(aw)
+            self._inner[wid] = inner
+            return inner
+
         try:
-            for k, item in enumerate(task.items):
-                try:
-                    value = self.fn(item)
-                    if inspect.isawaitable(value):
-                        # Its own task, so that abandon() cancels this item
-                        # and nothing else.
-                        inner = asyncio.ensure_future(value)
-                        self._inner[wid] = inner
-                        value = await inner
-                    values.append(value)
-                except Exception as exc:
-                    values.append(None)
-                    if errors is None:
-                        errors = {}
-                    errors[k] = exc
+            return await run_chunk_async(self.fn, task.items, name, own_task)
         except asyncio.CancelledError:
             if self._closing or not task.closed:
                 raise
@@ -170,7 +142,6 @@ class AsyncioBackend(Backend):
         finally:
             self._current.pop(wid, None)
             self._inner.pop(wid, None)
-        return Outcome(values, errors, time.perf_counter() - start, name)
 
     def abandon(self, task: Task) -> None:
         for wid, running in list(self._current.items()):
