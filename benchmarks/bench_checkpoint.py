@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import sqlite3
-import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
+
+from _timing import median_time
 
 import shoal
 
@@ -28,15 +28,6 @@ def one_ms(x: int) -> int:
     while time.perf_counter() < end:
         pass
     return x * 2
-
-
-def timed(fn: Callable[[], object], repeat: int) -> float:
-    runs = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        runs.append(time.perf_counter() - t0)
-    return statistics.median(runs)
 
 
 def main() -> None:
@@ -67,9 +58,9 @@ def main() -> None:
             con.commit()
         con.close()
 
-    t_plain = timed(plain, args.repeat)
-    t_ckpt = timed(checkpointed, args.repeat)
-    t_naive = timed(naive, args.repeat)
+    t_plain = median_time(plain, args.repeat)
+    t_ckpt = median_time(checkpointed, args.repeat)
+    t_naive = median_time(naive, args.repeat)
     n = args.items
     print(f"{n} items of ~1 ms, backend={args.backend}, median of {args.repeat}")
     for name, t in (("shoal, no checkpoint", t_plain), ("shoal, checkpoint=run.db", t_ckpt),

@@ -22,10 +22,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import statistics
 import time
 from collections.abc import Callable
 from typing import Any
+
+from _timing import median_time
 
 import shoal
 
@@ -52,15 +53,6 @@ def calibrate(seconds: float) -> int:
         if took > 0.02:
             return max(1, int(n * seconds / took))
         n *= 2
-
-
-def median_time(fn: Callable[[], Any], repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def row(name: str, seconds: float, note: str = "") -> None:

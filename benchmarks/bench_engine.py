@@ -24,24 +24,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+
+from _timing import median_time
 
 import shoal
-
-
-def median_time(fn: Callable[[], Any], repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def row(name: str, seconds: float, ideal: float | None = None, base: float | None = None) -> None:

@@ -26,13 +26,14 @@ import concurrent.futures
 import multiprocessing
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import textwrap
 import time
 from collections.abc import Callable
 from typing import Any
+
+from _timing import median_time, timed
 
 import shoal
 
@@ -53,7 +54,7 @@ def burn(loops: int) -> int:
 
 def loops_per_ms() -> int:
     """How many ``burn`` iterations take one millisecond here (best of 5)."""
-    best = min(_timed(lambda: burn(100_000)) for _ in range(5))
+    best = min(timed(lambda: burn(100_000)) for _ in range(5))
     return int(100_000 / (best * 1000))
 
 
@@ -66,16 +67,6 @@ def exit_on_100(x: int) -> int:
 def hang_on_100(x: int) -> int:
     time.sleep(3600 if x == 100 else 0.01)
     return x
-
-
-def _timed(fn: Callable[[], Any]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def median_time(fn: Callable[[], Any], repeats: int) -> float:
-    return statistics.median(_timed(fn) for _ in range(repeats))
 
 
 # ----------------------------------------------------------------- peers
