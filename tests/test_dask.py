@@ -23,6 +23,7 @@ import cloudpickle
 import pytest
 
 import shoal
+import workfns
 from shoal import RetryPolicy
 from shoal._backends import _dask
 from shoal._errors import (
@@ -78,22 +79,9 @@ def opts(cluster: Any) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------- item functions
-def square(x: int) -> int:
-    return x * x
-
-
 def fail_on_odd(x: int) -> int:
     if x % 2:
         raise ValueError(f"odd item {x}")
-    return x
-
-
-def fail_first_attempt(arg: tuple[str, int]) -> int:
-    folder, x = arg
-    marker = Path(folder) / f"seen-{x}"
-    if not marker.exists():
-        marker.write_text("1")
-        raise ConnectionError(f"transient failure of {x}")
     return x
 
 
@@ -142,7 +130,7 @@ def broken_initializer() -> None:
 
 # ------------------------------------------------------------------- behaviour
 def test_map_keeps_input_order(opts: dict[str, Any]) -> None:
-    assert shoal.map(square, range(200), **opts) == [x * x for x in range(200)]
+    assert shoal.map(workfns.square, range(200), **opts) == [x * x for x in range(200)]
 
 
 def test_tiny_items_are_chunked_and_stay_in_order(
@@ -157,7 +145,7 @@ def test_tiny_items_are_chunked_and_stay_in_order(
 
     monkeypatch.setattr(_dask.DaskBackend, "_submit", counting)
     n = 30_000
-    report = shoal.run(square, range(n), **opts)
+    report = shoal.run(workfns.square, range(n), **opts)
     assert report.values == [x * x for x in range(n)]
     assert sum(tasks) == n and len(tasks) < 200  # chunks grew from one item
     assert tasks[0] == 1 and max(tasks) <= n // (4 * 2)  # four tasks per thread at least
@@ -186,7 +174,7 @@ def test_collect_errors_carries_the_worker_traceback(opts: dict[str, Any]) -> No
 
 
 def test_retries_rerun_failed_items(opts: dict[str, Any], tmp_path: Path) -> None:
-    report = shoal.run(fail_first_attempt, [(str(tmp_path), x) for x in range(4)],
+    report = shoal.run(workfns.flaky, [(str(tmp_path), x) for x in range(4)],
                        retries=RetryPolicy(retries=1, backoff=0.0), **opts)
     assert report.values == [0, 1, 2, 3]
     assert [r.attempts for r in report.results] == [2, 2, 2, 2]
@@ -205,7 +193,7 @@ def test_timeout_fails_only_the_hung_item(opts: dict[str, Any], client: Any) -> 
 
 
 def test_imap_ordered_yields_in_input_order(opts: dict[str, Any]) -> None:
-    indices = [r.index for r in shoal.imap(square, range(50), chunk_size=3, **opts)]
+    indices = [r.index for r in shoal.imap(workfns.square, range(50), chunk_size=3, **opts)]
     assert indices == list(range(50))
 
 
@@ -234,7 +222,7 @@ def test_generator_input_streams_in_bounded_memory(opts: dict[str, Any]) -> None
             yield pulled
 
     got = 0
-    for _ in shoal.imap(square, endless(), chunk_size=1, max_in_flight=8, **opts):
+    for _ in shoal.imap(workfns.square, endless(), chunk_size=1, max_in_flight=8, **opts):
         got += 1
         if got == 20:
             break
@@ -257,7 +245,7 @@ def test_checkpoint_resume_runs_only_what_failed(opts: dict[str, Any], tmp_path:
 def test_amap_from_a_running_loop(opts: dict[str, Any]) -> None:
     import asyncio
 
-    assert asyncio.run(shoal.amap(square, range(20), **opts)) == [x * x for x in range(20)]
+    assert asyncio.run(shoal.amap(workfns.square, range(20), **opts)) == [x * x for x in range(20)]
 
 
 def test_initializer_runs_once_per_worker(opts: dict[str, Any], tmp_path: Path) -> None:
@@ -269,7 +257,7 @@ def test_initializer_runs_once_per_worker(opts: dict[str, Any], tmp_path: Path) 
 
 def test_failing_initializer_stops_the_run(opts: dict[str, Any]) -> None:
     with pytest.raises(OSError, match="no database"):
-        shoal.map(square, range(5), initializer=broken_initializer, **opts)
+        shoal.map(workfns.square, range(5), initializer=broken_initializer, **opts)
 
 
 # ------------------------------------------------------------- worker crashes
@@ -310,7 +298,7 @@ def test_without_address_starts_and_stops_its_own_cluster(
             started.append(self)
 
     monkeypatch.setattr(distributed, "LocalCluster", RecordingCluster)
-    report = shoal.run(square, range(10), backend="dask", workers=1)
+    report = shoal.run(workfns.square, range(10), backend="dask", workers=1)
     assert report.values == [x * x for x in range(10)]
     kwargs, own = started
     assert kwargs["n_workers"] == 1 and kwargs["host"] == "127.0.0.1"
@@ -322,7 +310,7 @@ def test_without_address_starts_and_stops_its_own_cluster(
 def test_missing_distributed_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "distributed", None)
     with pytest.raises(BackendUnavailable, match=r'pip install "shoal\[dask\]"'):
-        shoal.map(square, [1], backend="dask", address="tcp://127.0.0.1:1")
+        shoal.map(workfns.square, [1], backend="dask", address="tcp://127.0.0.1:1")
 
 
 def test_unpicklable_function_is_refused_before_connecting() -> None:
@@ -333,7 +321,7 @@ def test_unpicklable_function_is_refused_before_connecting() -> None:
 
 def test_unknown_backend_option_is_refused() -> None:
     with pytest.raises(InvalidOptionError, match="tasks_per_thread"):
-        shoal.map(square, [1], backend="dask", backend_options={"tasks_per_thred": 2})
+        shoal.map(workfns.square, [1], backend="dask", backend_options={"tasks_per_thred": 2})
 
 
 def test_unreachable_scheduler_is_a_clear_error() -> None:
@@ -341,7 +329,7 @@ def test_unreachable_scheduler_is_a_clear_error() -> None:
 
     with dask.config.set({"distributed.comm.timeouts.connect": "1s"}), \
             pytest.raises(shoal.BrokenBackend, match="cannot connect"):
-        shoal.map(square, [1], backend="dask", address="tcp://127.0.0.1:1")
+        shoal.map(workfns.square, [1], backend="dask", address="tcp://127.0.0.1:1")
 
 
 # ---------------------------------------------------------------------- example
