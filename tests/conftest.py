@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 
 ALL_BACKENDS = ["sequential", "threads", "asyncio", "processes", "dask"]
-LOCAL_BACKENDS = ["sequential", "threads", "asyncio", "processes"]
 
 
 def _available(name: str) -> bool:

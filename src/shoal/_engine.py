@@ -32,7 +32,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -493,15 +493,6 @@ class Engine:
     def stopped(self) -> bool:
         return self._stopped
 
-    def abandon_all(self) -> list[Task]:
-        """Forget every running task (shutdown after a stop); returns them."""
-        with self._lock:
-            tasks = list(self._in_flight.values())
-            for t in tasks:
-                t.closed = True
-            self._in_flight.clear()
-        return tasks
-
     def undelivered(self) -> list[Segment]:
         """Everything settled but not taken, in index order (for partial reports)."""
         with self._lock:
@@ -519,12 +510,3 @@ def _noop() -> None:
 def _noop_wake(everyone: bool) -> None:
     return None
 
-
-def segment_values(segments: Sequence[Segment]) -> Iterator[Any]:
-    """Values of all items of the segments, columns first (no ItemResult built)."""
-    for seg in segments:
-        if seg.results is None:
-            yield from seg.values
-        else:
-            for r in seg.results:
-                yield r.value if r.ok else r.error

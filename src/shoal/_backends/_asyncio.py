@@ -37,7 +37,6 @@ class AsyncioBackend(Backend):
 
     name = "asyncio"
     runs_on_loop = True
-    can_interrupt = True
 
     @classmethod
     def default_workers(cls) -> int:

@@ -33,8 +33,6 @@ class Backend(ABC):
     name: ClassVar[str]
     #: workers are coroutines on the consumer's event loop (asyncio only)
     runs_on_loop: ClassVar[bool] = False
-    #: a task is cancelled for real on abandon (not just left to finish)
-    can_interrupt: ClassVar[bool] = False
     #: with chunk_size="auto", grow chunks until a task takes about this long
     #: (tiny items then stop paying the engine's per-task cost); None: fixed
     adaptive_chunk_seconds: ClassVar[float | None] = None

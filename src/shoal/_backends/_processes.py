@@ -201,7 +201,6 @@ class ProcessBackend(Backend):
     """Child processes for CPU-bound work, isolated from each other's crashes."""
 
     name = "processes"
-    can_interrupt = True
 
     def __init__(self, fn: Callable[[Any], Any], options: Options, workers: int) -> None:
         """Pickle ``fn`` (and the initializer) once, before anything runs.
