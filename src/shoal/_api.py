@@ -38,11 +38,6 @@ def _values(segs: list[Segment], on_error: str, out: list[Any]) -> None:
             # skip_failed: dropped; all_or_nothing: Run.check() raises
 
 
-def _finish_values(run: Run, out: list[Any]) -> list[Any]:
-    run.close(None)
-    return out
-
-
 def map(fn: Callable[[Any], T], items: Iterable[Any], **options: Any) -> list[T]:
     """Run ``fn`` on every item and return the values in input order.
 
@@ -61,17 +56,12 @@ def map(fn: Callable[[Any], T], items: Iterable[Any], **options: Any) -> list[T]
     if _needs_loop(run):
         return arun(_amap(run))
     out: list[Any] = []
-    keep = False
-    try:
+    with run.guard():
         for segs in run.segments():
-            run.deliver(segs, keep)
+            run.deliver(segs, keep=False)
             _values(segs, run.opts.on_error, out)
-    except KeyboardInterrupt:
-        raise run.interrupted() from None
-    except BaseException:
-        run.close(None)
-        raise
-    return _finish_values(run, out)
+    run.close(None)
+    return out
 
 
 def run(fn: Callable[[Any], T], items: Iterable[Any], **options: Any) -> BatchReport[T]:
@@ -89,14 +79,9 @@ def run(fn: Callable[[Any], T], items: Iterable[Any], **options: Any) -> BatchRe
     batch = Run(fn, items, Options.from_kwargs("collect_errors", options))
     if _needs_loop(batch):
         return arun(_arun_report(batch))
-    try:
+    with batch.guard():
         for segs in batch.segments():
             batch.deliver(segs, keep=True)
-    except KeyboardInterrupt:
-        raise batch.interrupted() from None
-    except BaseException:
-        batch.close(None)
-        raise
     report = batch.report()
     batch.close(report)
     return report
@@ -124,17 +109,11 @@ def imap(
 
 def _imap(batch: Run) -> Iterator[ItemResult[Any]]:
     skip = batch.opts.on_error == "skip_failed"
-    try:
+    with batch.guard():
         for segs in batch.segments():
-            results = batch.deliver(segs, keep=False) or [r for s in segs for r in s.item_results()]
-            for r in results:
+            for r in batch.results(segs):
                 if r.ok or not skip:
                     yield r
-    except KeyboardInterrupt:
-        raise batch.interrupted() from None
-    except BaseException:
-        batch.close(None)
-        raise
     batch.close(None)
 
 
@@ -198,7 +177,8 @@ async def _amap(batch: Run) -> list[Any]:
     except BaseException:
         batch.close(None)
         raise
-    return _finish_values(batch, out)
+    batch.close(None)
+    return out
 
 
 async def _arun_report(batch: Run) -> BatchReport[Any]:
@@ -221,8 +201,7 @@ async def _aimap(batch: Run) -> AsyncGenerator[ItemResult[Any], None]:
     segments = batch.asegments()
     try:
         async for segs in segments:
-            results = batch.deliver(segs, keep=False) or [r for s in segs for r in s.item_results()]
-            for r in results:
+            for r in batch.results(segs):
                 if r.ok or not skip:
                     yield r
     except BaseException:

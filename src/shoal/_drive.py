@@ -10,6 +10,8 @@ It exists twice, once blocking (``segments``) and once awaiting
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import importlib.util
 import threading
 import time
@@ -71,7 +73,7 @@ class Run:
         elif name == "sequential" and opts.timeout is not None:
             name = "threads"
             self.reason = "sequential with a timeout: one worker thread, so a hung item can be left"
-            opts = _replace(opts, workers=1)
+            opts = dataclasses.replace(opts, workers=1)
             self.opts = opts
         self.backend: Backend | None = self._make_backend(name) if name else None
         chunk = self._chunk_size()
@@ -176,6 +178,27 @@ class Run:
         if keep:
             self.delivered.extend(results)
         return results
+
+    def results(self, segs: list[Segment]) -> list[ItemResult[Any]]:
+        """``deliver`` for a consumer that wants the ItemResults themselves."""
+        return self.deliver(segs, keep=False) or [r for s in segs for r in s.item_results()]
+
+    @contextlib.contextmanager
+    def guard(self) -> Iterator[None]:
+        """Around a synchronous consumer: Ctrl-C becomes ``BatchInterrupted``
+        carrying what finished; any other error closes the observers and the
+        checkpoint (committing what was recorded) before it propagates.
+
+        Raises:
+            BatchInterrupted: on KeyboardInterrupt.
+        """
+        try:
+            yield
+        except KeyboardInterrupt:
+            raise self.interrupted() from None
+        except BaseException:
+            self.close(None)
+            raise
 
     def check(self) -> None:
         """Raise the run's error, if it has one (all_or_nothing, broken input)."""
@@ -310,12 +333,6 @@ class Run:
                 await backend.aclose()  # type: ignore[attr-defined]
             else:
                 await asyncio.shield(loop.run_in_executor(None, backend.shutdown, not clean))
-
-
-def _replace(opts: Options, **changes: Any) -> Options:
-    import dataclasses
-
-    return dataclasses.replace(opts, **changes)
 
 
 def _open_store(spec: Any, fn: Callable[[Any], Any]) -> ResultStore | None:
