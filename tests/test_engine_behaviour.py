@@ -104,6 +104,24 @@ def test_imap_stops_early_on_an_endless_input(backend_opts: dict[str, Any]) -> N
     results.close()  # type: ignore[attr-defined]
 
 
+def test_a_slow_item_does_not_hold_back_the_others(concurrent_opts: dict[str, Any]) -> None:
+    """As-completed delivery: fast items arrive while a slow one still runs.
+
+    A chunk runs in order on one worker, so chunk_size=1 makes each item its
+    own unit; asyncio keeps its default lot, which still hands out one item
+    per worker.
+    """
+    if concurrent_opts["backend"] == "processes":
+        pytest.xfail("a process worker is sent its next task before it is free (prefetch)")
+    asy = concurrent_opts["backend"] == "asyncio"
+    fn = workfns.asleep_then_return if asy else workfns.sleep_then_return
+    opts = concurrent_opts if asy else {**concurrent_opts, "chunk_size": 1}
+    items = [1.0] + [0.0] * 11
+    order = [r.index for r in shoal.imap(fn, items, ordered=False, workers=2, **opts)]
+    assert sorted(order) == list(range(12))
+    assert order[-1] == 0
+
+
 def test_timeout_fails_only_the_hung_item(concurrent_opts: dict[str, Any]) -> None:
     fn = workfns.ahang_on if concurrent_opts["backend"] == "asyncio" else workfns.hang_on
     report = shoal.run(fn, ["a", "hang", "b", "c"], timeout=0.5, **concurrent_opts)

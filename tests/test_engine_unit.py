@@ -49,6 +49,26 @@ def test_out_of_order_completion_is_delivered_in_order() -> None:
     assert eng.acquire() is None and eng.finished()
 
 
+def test_parts_of_a_task_reported_out_of_order_are_delivered_in_order() -> None:
+    """complete(..., at=k): workers that share a task report runs in any order."""
+    eng = make(range(6), Clock(), chunk=6)
+    task = eng.acquire()
+    assert isinstance(task, Task)
+    eng.complete(task, Outcome([4, 5], None, 0.5, "w", [0.2, 0.3]), at=4)
+    assert eng.take() == []
+    failed = ValueError("item 1")
+    eng.complete(task, Outcome([0, None], {1: failed}, 0.2, "w", [0.1, 0.1]), at=0)
+    first = results(eng)
+    assert [(r.index, r.ok) for r in first] == [(0, True), (1, False)]
+    assert first[1].error is failed
+    assert not task.closed and eng.acquire() == WAIT_FOR_SIGNAL
+    eng.complete(task, Outcome([2, 3], None, 0.4, "w", [0.15, 0.25]), at=2)
+    rest = results(eng)
+    assert [(r.index, r.item, r.value) for r in rest] == [(i, i, i) for i in range(2, 6)]
+    assert [r.duration for r in rest] == [0.15, 0.25, 0.2, 0.3]  # each its own, not the mean
+    assert task.closed and eng.acquire() is None and eng.finished()
+
+
 def test_chunks_are_consecutive_and_bounded() -> None:
     eng = make(range(10), Clock(), chunk=4)
     sizes = []

@@ -35,6 +35,11 @@ def sleep_then_return(x: float) -> float:
     return x
 
 
+async def asleep_then_return(x: float) -> float:
+    await asyncio.sleep(x)
+    return x
+
+
 def hang_on(x: Any) -> Any:
     """Hangs (10 s) for the item "hang", returns it otherwise."""
     if x == "hang":

@@ -29,13 +29,15 @@ class Outcome:
 
     ``values[k]`` is the value of the k-th item reported (None where it
     failed); ``errors`` maps such positions to the exception, and is None when
-    every item succeeded (the common case costs no dict).
+    every item succeeded (the common case costs no dict). ``durations``, when
+    the worker timed each item, holds their seconds.
     """
 
     values: list[Any]
     errors: dict[int, BaseException] | None
     duration: float  # seconds for all the items reported
     worker: str
+    durations: list[float] | None = None
 
 
 def is_async_callable(fn: Callable[..., Any]) -> bool:

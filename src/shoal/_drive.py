@@ -77,7 +77,8 @@ class Run:
             self.opts = opts
         self.backend: Backend | None = self._make_backend(name) if name else None
         chunk = self._chunk_size()
-        max_in_flight = opts.max_in_flight or max(64, 4 * self._workers() * chunk)
+        max_in_flight = opts.max_in_flight or (
+            self.backend.default_max_in_flight(chunk) if self.backend else max(64, 4 * chunk))
         self.store: ResultStore | None = _open_store(opts.checkpoint, fn)
         self.engine = Engine(source, opts, chunk_size=chunk, max_in_flight=max_in_flight,
                              store=self.store)
@@ -161,7 +162,7 @@ class Run:
             chunk = TINY_CHUNK
         else:
             chunk = self.backend.auto_chunk_size(None if self.total is None else self.total - n)
-        self.engine.set_chunk_size(chunk, max(64, 4 * self.backend.workers * chunk))
+        self.engine.set_chunk_size(chunk, self.backend.default_max_in_flight(chunk))
 
     # ------------------------------------------------------------ delivery
     def deliver(self, segs: list[Segment], keep: bool) -> list[ItemResult[Any]] | None:

@@ -50,8 +50,10 @@ class Task:
     """Consecutive items handed to one worker at once.
 
     ``done`` counts items already reported (a backend may report a chunk in
-    several parts); ``closed`` is set once the engine stops listening to it
-    (settled, or abandoned after a timeout).
+    several parts, in order, or out of order with ``complete(..., at=k)``);
+    ``closed`` is set once the engine stops listening to it (settled, or
+    abandoned after a timeout). ``release`` and timeouts assume in-order
+    reports: the reported items are the first ``done`` ones.
     """
 
     start: int
@@ -74,7 +76,9 @@ class Segment:
 
     Either ``results`` holds finished ``ItemResult`` objects, or, on the fast
     path (every item succeeded on one attempt), the columns do and no per-item
-    object is built until somebody asks for one.
+    object is built until somebody asks for one. ``durations`` holds each
+    item's own seconds when the backend measured them; otherwise every item
+    gets the average, ``per_item``.
     """
 
     start: int
@@ -85,13 +89,15 @@ class Segment:
     attempt: int = 1
     per_item: float = 0.0
     worker: str = ""
+    durations: list[float] | None = None
 
     def item_results(self) -> list[ItemResult[Any]]:
         if self.results is None:
-            s, a, d, w = self.start, self.attempt, self.per_item, self.worker
+            s, a, w = self.start, self.attempt, self.worker
+            durations = self.durations or itertools.repeat(self.per_item)
             self.results = [
                 ItemResult(s + k, x, True, v, None, a, d, w)
-                for k, (x, v) in enumerate(zip(self.items, self.values, strict=True))
+                for k, (x, v, d) in enumerate(zip(self.items, self.values, durations))
             ]
         return self.results
 
@@ -287,12 +293,15 @@ class Engine:
         self._stop_locked()
         return None, True
 
-    def complete(self, task: Task, outcome: Outcome) -> None:
-        """Record the outcome of the next ``len(outcome.values)`` items of ``task``.
+    def complete(self, task: Task, outcome: Outcome, at: int | None = None) -> None:
+        """Record the outcome of ``len(outcome.values)`` consecutive items of ``task``.
 
-        A backend may report a task in parts (each part restarts the task's
-        deadline, since the next item has just begun). Reports of a task the
-        engine has abandoned are ignored.
+        By default they are the next items after those already reported: a
+        backend may report a task in parts (each part restarts the task's
+        deadline, since the next item has just begun). ``at`` reports items
+        ``at, at+1, ...`` instead, in any order, for a backend whose workers
+        share a task (asyncio); each item must be reported exactly once.
+        Reports of a task the engine has abandoned are ignored.
         """
         with self._lock:
             if task.closed:
@@ -304,22 +313,20 @@ class Engine:
             per_item = outcome.duration / n if n else 0.0
             if self._adaptive is not None and n:
                 self._adapt(per_item)
-            first = task.start + task.done
-            errors = outcome.errors
-            if errors is None:
-                done = task.done
-                items = task.items if n == len(task.items) else task.items[done : done + n]
+            offset = task.done if at is None else at
+            if outcome.errors is None:
+                items = task.items if n == len(task.items) else task.items[offset : offset + n]
                 self._settle(
-                    Segment(first, n, None, items, outcome.values, task.attempt, per_item,
-                            outcome.worker)
+                    Segment(task.start + offset, n, None, items, outcome.values, task.attempt,
+                            per_item, outcome.worker, outcome.durations)
                 )
             else:
-                self._settle_with_errors(task, outcome, per_item, now)
+                self._settle_with_errors(task, outcome, offset, per_item, now)
             task.done += n
             if task.done >= len(task.items):
                 task.closed = True
                 del self._in_flight[task.seq]
-            elif task.deadline is not None:
+            elif task.deadline is not None and at is None:
                 task.deadline = now + self._opts.timeout  # type: ignore[operator]
                 heapq.heappush(self._deadlines, (task.deadline, task.seq, task))
             everyone = self._stopped or self._drained()
@@ -334,23 +341,24 @@ class Engine:
                 and not self._retry_heap)
 
     def _settle_with_errors(
-        self, task: Task, outcome: Outcome, per_item: float, now: float
+        self, task: Task, outcome: Outcome, offset: int, per_item: float, now: float
     ) -> None:
         assert outcome.errors is not None
         run: list[ItemResult[Any]] = []
-        base = task.start + task.done
+        durations = outcome.durations
         for k, value in enumerate(outcome.values):
-            index = base + k
-            item = task.items[task.done + k]
+            index = task.start + offset + k
+            item = task.items[offset + k]
             error = outcome.errors.get(k)
+            seconds = per_item if durations is None else durations[k]
             if error is None:
                 run.append(ItemResult(index, item, True, value, None, task.attempt,
-                                      per_item, outcome.worker))
+                                      seconds, outcome.worker))
                 continue
             if run:
                 self._settle(Segment(run[0].index, len(run), results=run))
                 run = []
-            self._fail(index, item, error, task.attempt, per_item, outcome.worker, now)
+            self._fail(index, item, error, task.attempt, seconds, outcome.worker, now)
         if run:
             self._settle(Segment(run[0].index, len(run), results=run))
 

@@ -16,7 +16,10 @@ retries        0                            int or RetryPolicy
 timeout        None                         seconds per item (attempt)
 rate           None                         items/s, (rate, burst) or RateLimit
 max_in_flight  4 x workers x chunk (>=64)   items pulled but not yet delivered
-chunk_size     ``"auto"``                   items sent to a worker at once
+                                            (asyncio: 4 x workers + chunk)
+chunk_size     ``"auto"``                   items sent to a worker at once (asyncio:
+                                            items pulled at once, still run one per
+                                            worker; auto: min(1024, workers))
 ============== ============================ =========================================
 """
 

@@ -50,6 +50,10 @@ class Backend(ABC):
         """Chunk size for ``chunk_size="auto"``; ``total`` is the input length if known."""
         return 1
 
+    def default_max_in_flight(self, chunk: int) -> int:
+        """``max_in_flight`` when the caller sets none: items pulled, not yet delivered."""
+        return max(64, 4 * self.workers * chunk)
+
     @abstractmethod
     def start(self, engine: Engine) -> None:
         """Start the workers; they run until ``acquire`` returns None."""
