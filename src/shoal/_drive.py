@@ -3,8 +3,8 @@
 The consumer loop is the only place that waits for results and the only place
 that enforces timeouts: it sleeps until results arrive or the earliest deadline
 passes, then asks the engine to ``expire`` and the backend to ``abandon``.
-It exists twice, once blocking (``segments``) and once awaiting
-(``asegments``), over the same engine and backends.
+It is written once (``Run._steps``, which says what to do next) and carried
+out twice: blocking (``segments``) and awaiting (``asegments``).
 """
 
 from __future__ import annotations
@@ -234,45 +234,65 @@ class Run:
         self.close(report)
         return BatchInterrupted(report)
 
-    # ------------------------------------------------------- consumer: sync
-    def segments(self) -> Iterator[list[Segment]]:
-        """Settled segments as they become deliverable; blocks in between."""
-        engine = self.engine
-        wake = threading.Event()
-        engine.on_settled = wake.set
+    # ------------------------------------------------------- consumer loop
+    def _begin(self) -> Backend:
+        """Choose the backend (probing if auto), start observers and workers."""
         if self.backend is None:
             self._probe()
         backend = self.backend
         assert backend is not None
         self._start_observers()
-        inline = backend if isinstance(backend, InlineBackend) else None
         self._start_backend(backend)
+        return backend
+
+    def _steps(self, backend: Backend, clear: Callable[[], None]) -> Iterator[_Step]:
+        """The consumer loop, written once for both consumers: it says what
+        to do next, and ``segments``/``asegments`` do it their own way.
+
+        ``clear`` resets the wake-up signal before each look at the engine,
+        so a result settled after the look still wakes the next wait.
+        """
+        engine = self.engine
+        inline = backend if isinstance(backend, InlineBackend) else None
+        while True:
+            clear()
+            segs = engine.take()
+            if segs:
+                yield _Deliver(segs)
+                continue
+            self.check()
+            if engine.finished():
+                return
+            if inline is not None:
+                yield _RunInline(inline)
+                continue
+            deadline = engine.next_deadline()
+            yield _Wait(None if deadline is None else max(0.0, deadline - engine.clock()))
+            if deadline is not None:
+                for task in engine.expire():
+                    backend.abandon(task)
+
+    def segments(self) -> Iterator[list[Segment]]:
+        """Settled segments as they become deliverable; blocks in between."""
+        engine = self.engine
+        wake = threading.Event()
+        engine.on_settled = wake.set
+        backend = self._begin()
         clean = False
         try:
-            while True:
-                wake.clear()
-                segs = engine.take()
-                if segs:
-                    yield segs
-                    continue
-                self.check()
-                if engine.finished():
-                    break
-                if inline is not None:
-                    inline.step(engine)
-                    continue
-                deadline = engine.next_deadline()
-                wake.wait(None if deadline is None else max(0.0, deadline - engine.clock()))
-                if deadline is not None:
-                    for task in engine.expire():
-                        backend.abandon(task)
+            for step in self._steps(backend, wake.clear):
+                if isinstance(step, _Deliver):
+                    yield step.segments
+                elif isinstance(step, _RunInline):
+                    step.backend.step(engine)
+                else:
+                    wake.wait(step.timeout)
             clean = True
         finally:
             if not clean:
                 engine.stop()
             backend.shutdown(cancel=not clean)
 
-    # ------------------------------------------------------ consumer: async
     async def asegments(self) -> AsyncGenerator[list[Segment], None]:
         """``segments`` for a coroutine consumer; never blocks the loop."""
         engine = self.engine
@@ -295,36 +315,17 @@ class Run:
                 loop.call_soon_threadsafe(set_from_loop)
 
         engine.on_settled = on_settled
-        if self.backend is None:
-            self._probe()
-        backend = self.backend
-        assert backend is not None
-        self._start_observers()
-        inline = backend if isinstance(backend, InlineBackend) else None
-        self._start_backend(backend)
+        backend = self._begin()
         clean = False
         try:
-            while True:
-                wake.clear()
-                segs = engine.take()
-                if segs:
-                    yield segs
-                    continue
-                self.check()
-                if engine.finished():
-                    break
-                if inline is not None:
-                    await inline.astep(engine)
-                    continue
-                deadline = engine.next_deadline()
-                timeout = None if deadline is None else max(0.0, deadline - engine.clock())
-                try:
-                    await asyncio.wait_for(wake.wait(), timeout)
-                except asyncio.TimeoutError:
-                    pass
-                if deadline is not None:
-                    for task in engine.expire():
-                        backend.abandon(task)
+            for step in self._steps(backend, wake.clear):
+                if isinstance(step, _Deliver):
+                    yield step.segments
+                elif isinstance(step, _RunInline):
+                    await step.backend.astep(engine)
+                else:
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(wake.wait(), step.timeout)
             clean = True
         finally:
             if not clean:
@@ -334,6 +335,24 @@ class Run:
                 await backend.aclose()  # type: ignore[attr-defined]
             else:
                 await asyncio.shield(loop.run_in_executor(None, backend.shutdown, not clean))
+
+
+@dataclasses.dataclass(slots=True)
+class _Deliver:
+    segments: list[Segment]
+
+
+@dataclasses.dataclass(slots=True)
+class _RunInline:
+    backend: InlineBackend
+
+
+@dataclasses.dataclass(slots=True)
+class _Wait:
+    timeout: float | None  # None: until woken
+
+
+_Step = _Deliver | _RunInline | _Wait
 
 
 def _open_store(spec: Any, fn: Callable[[Any], Any]) -> ResultStore | None:
