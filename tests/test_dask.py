@@ -25,7 +25,7 @@ import pytest
 import shoal
 import workfns
 from shoal import RetryPolicy
-from shoal._backends import _dask
+from shoal._backends import _dask, _dask_chunks
 from shoal._errors import (
     BackendUnavailable,
     InvalidOptionError,
@@ -147,9 +147,20 @@ def test_tiny_items_are_chunked_and_stay_in_order(
     n = 30_000
     report = shoal.run(workfns.square, range(n), **opts)
     assert report.values == [x * x for x in range(n)]
-    assert sum(tasks) == n and len(tasks) < 200  # chunks grew from one item
-    assert tasks[0] == 1 and max(tasks) <= n // (4 * 2)  # four tasks per thread at least
+    assert tasks[:2] == [1, 1]  # one probe per worker thread
+    assert sum(tasks) == n and len(tasks) < 30  # then chunks grew
     assert all(r.worker.startswith("tcp://127.0.0.1:") for r in report.results)
+
+
+def return_lock_on_3(x: int) -> Any:
+    return threading.Lock() if x == 3 else x
+
+
+def test_a_value_that_cannot_be_pickled_fails_its_item_alone(opts: dict[str, Any]) -> None:
+    report = shoal.run(return_lock_on_3, range(6), chunk_size=3, **opts)
+    assert [r.index for r in report.failures] == [3]
+    assert isinstance(report.failures[0].error, NotPicklable)
+    assert report.values == [0, 1, 2, 4, 5]
 
 
 def test_all_or_nothing_raises_the_item_error(opts: dict[str, Any]) -> None:
@@ -260,6 +271,99 @@ def test_failing_initializer_stops_the_run(opts: dict[str, Any]) -> None:
         shoal.map(workfns.square, range(5), initializer=broken_initializer, **opts)
 
 
+# ------------------------------------------------------------ chunk sizes
+def plan_run(plan: _dask_chunks.ChunkPlan, total: int, per_item: float) -> list[int]:
+    """Sizes a run of ``total`` items gets, each task measured at ``per_item`` s."""
+    sizes: list[int] = []
+    pulled = 0
+    while pulled < total:
+        size = min(plan.size(pulled), total - pulled)
+        sizes.append(size)
+        pulled += size
+        plan.pickled(size, 5 * size)
+        plan.took(size, size * per_item + 2e-6)  # a few us of fixed cost per task
+    return sizes
+
+
+def test_chunk_plan_probes_with_one_item_per_task() -> None:
+    plan = _dask_chunks.ChunkPlan(threads=2, total=1000)
+    assert plan.size(0) == 1 and plan.probing and not plan.measured
+    plan.took(1, 0.5)  # an item of half a second: no point in chunking
+    assert not plan.probing and plan.size(1) == 1
+
+
+def test_chunk_plan_cuts_tiny_items_into_equal_tasks_per_thread() -> None:
+    sizes = plan_run(_dask_chunks.ChunkPlan(threads=2, total=1_000_000), 1_000_000, 60e-9)
+    assert sizes[0] == 1 and len(sizes) < 12
+    probe = sizes.index(max(sizes))
+    rest = sizes[probe:]
+    assert len(rest) % 2 == 0 and max(rest) - min(rest) <= 1  # the threads finish together
+    assert min(rest) * 60e-9 >= _dask_chunks.MIN_TASK_SECONDS / 2
+
+
+def test_chunk_plan_keeps_long_items_near_the_target_time() -> None:
+    sizes = plan_run(_dask_chunks.ChunkPlan(threads=2, total=400), 400, 0.005)
+    assert sizes[0] == 1 and max(sizes) * 0.005 <= _dask_chunks.TARGET_TASK_SECONDS + 1e-9
+    assert len(sizes) >= 4 * 2  # several tasks per thread, so they balance
+
+
+def test_chunk_plan_without_a_length_and_with_big_items() -> None:
+    sizes = plan_run(_dask_chunks.ChunkPlan(threads=2, total=None), 2_000_000, 10e-9)
+    assert max(sizes) == _dask_chunks.MAX_AUTO_CHUNK
+    plan = _dask_chunks.ChunkPlan(threads=2, total=None)
+    plan.took(1000, 1e-4)
+    plan.pickled(1000, 10_000_000)  # 10 kB per item
+    assert plan.size(0) == _dask_chunks.MAX_TASK_BYTES // 10_000
+
+
+def test_chunk_plan_recuts_when_item_time_drifts() -> None:
+    plan = _dask_chunks.ChunkPlan(threads=1, total=None)
+    plan.took(1000, 0.01)
+    before = plan.size(0)
+    plan.took(1000, 0.01 * 1.2)
+    assert plan.size(0) == before  # small drift: the same cut
+    for _ in range(3):
+        plan.took(1000, 0.1)
+    assert plan.size(0) < before / 4
+
+
+# ------------------------------------------------------------ transport
+def test_pickled_blobs_travel_out_of_band() -> None:
+    import pickle
+
+    from shoal._backends._dask_worker import Pickled
+
+    buffers: list[pickle.PickleBuffer] = []
+    data = pickle.dumps(Pickled(b"x" * 1000, "t"), protocol=5, buffer_callback=buffers.append)
+    assert len(data) < 200 and len(buffers) == 1  # the blob is not in the stream
+    back = pickle.loads(data, buffers=buffers)
+    assert bytes(back.blob) == b"x" * 1000 and back.token == "t"
+    old = pickle.loads(pickle.dumps(Pickled(b"y", "u"), protocol=4))
+    assert old.blob == b"y" and old.token == "u"
+
+
+class FakeClient:
+    def __init__(self, address: str, direct: bool | None = None) -> None:
+        self.direct_to_workers = direct
+        self.scheduler = type("Rpc", (), {"address": address})()
+
+
+@pytest.mark.parametrize(("address", "own", "direct", "expected"), [
+    ("tcp://127.0.0.1:8786", False, None, True),
+    ("tcp://localhost:8786", False, None, True),
+    ("tcp://[::1]:8786", False, None, True),
+    ("inproc://10.0.0.1/1/2", False, None, True),
+    ("tcp://10.0.0.5:8786", False, None, None),  # Dask's default: through the scheduler
+    ("tls://scheduler.example:8786", False, None, None),
+    ("tcp://10.0.0.5:8786", True, None, True),  # the LocalCluster shoal started
+    ("tcp://127.0.0.1:8786", False, False, None),  # the client's own choice stands
+])
+def test_results_come_straight_from_workers_only_when_they_are_reachable(
+    address: str, own: bool, direct: bool | None, expected: bool | None,
+) -> None:
+    assert _dask._gather_direct(FakeClient(address, direct), own) is expected
+
+
 # ------------------------------------------------------------- worker crashes
 def test_a_killed_worker_costs_only_its_item(opts: dict[str, Any]) -> None:
     # One task per worker thread: nothing waits on the worker item 5 kills.
@@ -305,6 +409,24 @@ def test_without_address_starts_and_stops_its_own_cluster(
     assert own.status.name == "closed"
     assert report.workers == 1
     assert threading.active_count() >= 1
+
+
+def test_the_client_of_an_address_is_closed_after_the_run(
+    opts: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[tuple[Any, Any]] = []
+    disconnect = _dask.DaskBackend._disconnect
+
+    def recording(self: Any) -> None:
+        seen.append((self, self._client))
+        disconnect(self)
+
+    monkeypatch.setattr(_dask.DaskBackend, "_disconnect", recording)
+    assert shoal.map(workfns.square, range(10), **opts) == [x * x for x in range(10)]
+    [(backend, client)] = seen
+    assert backend.closer is not None and not backend.closer.daemon  # waited for at exit
+    backend.closer.join(30)
+    assert client.status == "closed"
 
 
 def test_missing_distributed_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:

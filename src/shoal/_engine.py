@@ -94,10 +94,11 @@ class Segment:
     def item_results(self) -> list[ItemResult[Any]]:
         if self.results is None:
             s, a, w = self.start, self.attempt, self.worker
-            durations = self.durations or itertools.repeat(self.per_item)
+            durations = self.durations or [self.per_item] * self.count
             self.results = [
                 ItemResult(s + k, x, True, v, None, a, d, w)
-                for k, (x, v, d) in enumerate(zip(self.items, self.values, durations))
+                for k, (x, v, d) in enumerate(zip(self.items, self.values, durations,
+                                                  strict=True))
             ]
         return self.results
 
@@ -150,7 +151,8 @@ class Engine:
         self.on_capacity: Callable[[bool], None] = _noop_wake
 
     def set_chunk_size(self, chunk_size: int, max_in_flight: int) -> None:
-        """Change chunking once ``backend="auto"`` has chosen a backend."""
+        """Change chunking: once ``backend="auto"`` has chosen a backend, or
+        whenever a backend sizes chunks itself (the Dask backend's ChunkPlan)."""
         with self._lock:
             self._chunk = chunk_size
             limit = self._opts.max_in_flight or max_in_flight

@@ -3,22 +3,25 @@
 Two driver threads share the work; each owns its state, and they talk only
 through queues::
 
-    engine.acquire() ─Task─▶ feeder ──client.submit(_run_part, job, chunk)──▶ cluster
-         ▲                    │  ▲                                             │
-         └─ engine.complete ◀─┘  └─ inbox ◀─ collector ◀─ finished futures ◀───┘
-                                   ▲          (client.gather; Dask's callback thread)
+    engine.acquire() ─Task─▶ feeder ──client.submit(run_part, job, chunk)──▶ cluster
+         ▲                    │  ▲                                            │
+         └─ engine.complete ◀─┘  └─ inbox ◀─ collector ◀─ finished futures ◀──┘
+                                   ▲          (client.gather, unpickle; Dask's callback thread)
                                    └── "wake" (engine.on_capacity), "abandon" (consumer)
 
 The feeder owns the futures in flight and every call to the engine; the
-collector only fetches results, so the feeder never waits on the network.
+collector only fetches and unpickles results, so the feeder never waits on the
+network. What runs on the workers is in ``_dask_worker``.
 
 * Bounded: at most ``tasks_per_thread`` (2) x worker threads futures are in
   flight; the feeder acquires a task only when one finishes, so generators
   stream and the scheduler never holds more than that window.
-* ``fn`` is pickled once per run; items travel as one pickle per chunk.
-  ``chunk_size="auto"`` starts at one item, and the engine grows chunks from
-  measured item time until a task computes for about ``TARGET_TASK_SECONDS``
-  (``Engine.adapt_chunks``); one item per task with a timeout.
+* ``fn`` is pickled once per run; items and replies travel as one pickle per
+  chunk. Replies come straight from the workers when the scheduler is on this
+  machine (``_gather_direct``), not through the scheduler.
+* ``chunk_size="auto"``: ``ChunkPlan`` (``_dask_chunks``) sizes chunks from measured item time
+  (first one item per task and one task per thread); one item per task with
+  a timeout or a rate limit.
 * ``fn`` raising is caught on the worker: the item fails with its own
   exception, the worker traceback as ``__cause__ = RemoteTraceback``.
 * A future that errs by itself means the cluster failed. ``KilledWorker`` or
@@ -38,6 +41,7 @@ open), ``cluster_kwargs`` (for the ``LocalCluster`` started when no
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import math
 import pickle
@@ -48,7 +52,6 @@ import traceback
 import uuid
 import warnings
 from asyncio import CancelledError as AsyncioCancelledError
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from concurrent.futures import CancelledError
 from dataclasses import dataclass, field
@@ -57,7 +60,9 @@ from typing import TYPE_CHECKING, Any
 import cloudpickle
 
 from shoal._backends._base import Backend
-from shoal._calling import Outcome, run_chunk, sync_caller
+from shoal._backends._dask_chunks import ChunkPlan
+from shoal._backends._dask_worker import Pickled, Reply, dumps, run_part
+from shoal._calling import Outcome
 from shoal._errors import (
     BackendUnavailable,
     BrokenBackend,
@@ -72,12 +77,6 @@ from shoal._options import Options
 if TYPE_CHECKING:
     from shoal._engine import Engine, Task
 
-#: a task should compute for about this long once chunks have grown
-TARGET_TASK_SECONDS = 0.1
-#: the largest chunk ``chunk_size="auto"`` grows to
-MAX_AUTO_CHUNK = 100_000
-
-
 def import_distributed() -> Any:
     """Import ``dask.distributed``, on first use of the backend only.
 
@@ -91,110 +90,6 @@ def import_distributed() -> Any:
             'backend="dask" needs dask.distributed: pip install "shoal[dask]"'
         ) from exc
     return distributed
-
-
-# ------------------------------------------------------------ the worker side
-class _Pickled:
-    """Bytes pickled on the driver, opaque to Dask.
-
-    Dask unpickles task arguments on the scheduler and walks plain lists item
-    by item (seconds for 100,000 items); bytes cross untouched, and the
-    scheduler never needs the user's classes. ``fn`` travels this way too, as
-    one blob per run that a worker unpickles once (``_load_job``): a scattered
-    copy would tie every task to the workers holding it (Dask places tasks
-    next to their data) and be lost for good when those workers died.
-    """
-
-    __slots__ = ("blob", "token")
-
-    def __init__(self, blob: bytes, token: str = "") -> None:
-        self.blob = blob
-        self.token = token
-
-
-@dataclass(slots=True)
-class _Reply:
-    """What a task sends back: ``Outcome`` fields, errors with their traceback text."""
-
-    values: list[Any]
-    errors: dict[int, tuple[BaseException, str]] | None
-    duration: float
-    worker: str
-    init_error: tuple[BaseException, str] | None = None
-
-
-def _dumps(obj: Any) -> bytes:
-    """Plain pickle (fast for data), else cloudpickle (lambdas, ``__main__``).
-
-    Plain pickle refers to ``__main__`` objects by name, which on a worker
-    names another module, so such a pickle is redone by value (as Dask does).
-
-    Raises:
-        Exception: whatever cloudpickle raises for an object it cannot pickle.
-    """
-    try:
-        blob = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-        if b"__main__" not in blob:
-            return blob
-    except Exception:
-        pass  # cloudpickle below can do more, or raises the error worth showing
-    return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)  # type: ignore[no-any-return]
-
-
-# Worker-process state: the last runs' unpickled jobs (each unpickled once) and
-# the runs whose initializer ran here. The lock guards both: a worker may run
-# several threads.
-_worker_lock = threading.Lock()
-_jobs: OrderedDict[str, tuple[Any, ...]] = OrderedDict()
-_initialized: set[str] = set()
-
-
-def _load_job(job: _Pickled) -> tuple[Any, ...]:
-    with _worker_lock:
-        loaded = _jobs.get(job.token)
-        if loaded is None:
-            loaded = _jobs[job.token] = pickle.loads(job.blob)
-            while len(_jobs) > 8:
-                _jobs.popitem(last=False)
-        if loaded[1] is not None and job.token not in _initialized:
-            loaded[1](*loaded[2])  # the initializer; raising leaves the run uninitialized
-            _initialized.add(job.token)
-        return loaded
-
-
-def _portable(exc: BaseException) -> tuple[BaseException, str]:
-    """The exception (or a ``NotPicklable`` copy) and its traceback text.
-
-    Tracebacks do not pickle, so the text travels beside the exception; one
-    that cannot make the round trip is replaced, keeping type and message.
-    """
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    try:
-        pickle.loads(_dumps(exc))
-    except Exception as why:
-        exc = NotPicklable(f"{type(exc).__qualname__}: {exc} (cannot be pickled back from "
-                           f"the Dask worker: {why!r})")
-    return exc, tb
-
-
-def _run_part(job: _Pickled, chunk: _Pickled) -> _Reply:
-    """Runs on a Dask worker: ``fn`` over the chunk, every failure of fn caught."""
-    from distributed import get_worker
-
-    worker = get_worker().address
-    try:
-        fn = _load_job(job)[0]
-    except BaseException as exc:  # the initializer failed: the run must stop
-        return _Reply([], None, 0.0, worker, _portable(exc))
-    items: list[Any] = pickle.loads(chunk.blob)
-    try:
-        outcome = run_chunk(sync_caller(fn), items, worker)
-    except BaseException as exc:  # SystemExit and the like: fail the chunk, keep the worker
-        return _Reply([None] * len(items), dict.fromkeys(range(len(items)), _portable(exc)),
-                      0.0, worker)
-    errors = None if outcome.errors is None else {
-        k: _portable(e) for k, e in outcome.errors.items()}
-    return _Reply(outcome.values, errors, outcome.duration, worker)
 
 
 def _restore(exc: BaseException, tb: str) -> BaseException:
@@ -261,7 +156,7 @@ class DaskBackend(Backend):
         token = uuid.uuid4().hex[:12]
         try:
             job = (fn, options.initializer, options.initargs)
-            self._job = _Pickled(cloudpickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL), token)
+            self._job = Pickled(cloudpickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL), token)
         except Exception as exc:
             raise NotPicklable(
                 f"fn cannot be pickled to send it to Dask workers: {exc!r}; define it at "
@@ -275,10 +170,15 @@ class DaskBackend(Backend):
         self._feeder: threading.Thread | None = None
         self._fetch: queue.SimpleQueue[Any] = queue.SimpleQueue()  # finished futures; None: stop
         self._collector: threading.Thread | None = None
+        self.closer: threading.Thread | None = None  # closes the client to an address
         # Owned by the feeder thread (others only use _inbox and set _closing):
         self._client: Any = None
         self._cluster: Any = None
         self._window = 1
+        self._direct: bool | None = None  # gather from the workers themselves
+        self._plan: ChunkPlan | None = None  # chunk_size="auto" without timeout or rate
+        self._chunk = 1
+        self._pulled = 0  # input items the engine has handed out so far
         self._parts: dict[Any, _Part] = {}  # future key -> part
         self._records: dict[int, _Record] = {}  # task seq -> record
         self._keys = itertools.count()
@@ -289,7 +189,7 @@ class DaskBackend(Backend):
 
     def auto_chunk_size(self, total: int | None) -> int:
         self._total = total  # bounds the chunk once the cluster's size is known
-        return 1  # grown by the engine from measurements (see _connect)
+        return 1  # grown from measurements by ChunkPlan (see _connect)
 
     # ------------------------------------------------------------- consumer
     def start(self, engine: Engine) -> None:
@@ -357,28 +257,41 @@ class DaskBackend(Backend):
             raise BrokenBackend(f"the Dask cluster at {self._client.scheduler.address} has no "
                                 "workers; start some with `dask worker <scheduler address>`")
         self.workers = threads  # reported in the BatchReport
+        self._direct = _gather_direct(self._client, self._cluster is not None)
         self._collector = threading.Thread(target=self._collect, name="shoal-dask-collector",
                                            daemon=True)
         self._collector.start()
         per_thread = 1 if self.options.timeout is not None else self._tasks_per_thread
         self._window = per_thread * threads
         opts = self.options
-        chunk = 1 if opts.chunk_size == "auto" else opts.chunk_size
-        # The driver's default in-flight rule, now with the cluster's real size.
-        self._engine.set_chunk_size(chunk, max(64, 4 * threads * chunk))
         if opts.chunk_size == "auto" and opts.timeout is None and opts.rate is None:
-            # Same conditions as the driver's adaptive chunks, with a cap fit
-            # for a cluster: at most MAX_AUTO_CHUNK, and four tasks per thread
-            # at least when the input's length is known, so the last ones balance.
-            cap = MAX_AUTO_CHUNK if self._total is None else self._total // (4 * threads)
-            self._engine.adapt_chunks(TARGET_TASK_SECONDS, threads,
-                                      cap=max(1, min(cap, MAX_AUTO_CHUNK)))
+            self._plan = ChunkPlan(threads, self._total)
+        self._set_chunk(1 if opts.chunk_size == "auto" else opts.chunk_size)
+
+    def _set_chunk(self, chunk: int) -> None:
+        """Tell the engine, with the driver's default in-flight rule for this cluster."""
+        limit = self.options.max_in_flight
+        if limit is not None:
+            chunk = max(1, min(chunk, limit // self.workers))
+        self._chunk = chunk
+        self._engine.set_chunk_size(chunk, max(64, 4 * self.workers * chunk))
+
+    def _room(self) -> bool:
+        """A task may be submitted now; while chunks are probed, one per worker thread."""
+        plan = self._plan
+        if plan is not None and plan.probing:
+            return len(self._parts) < plan.threads
+        return len(self._parts) < self._window
 
     def _loop(self) -> None:
         engine, more = self._engine, True
         while not self._closing:
             timeout: float | None = None  # None: until a message arrives
-            while more and len(self._parts) < self._window and not self._closing:
+            while more and self._room() and not self._closing:
+                if self._plan is not None:
+                    chunk = self._plan.size(self._pulled)
+                    if chunk != self._chunk:
+                        self._set_chunk(chunk)
                 got = engine.acquire()
                 if got is None:
                     more = False
@@ -386,6 +299,7 @@ class DaskBackend(Backend):
                     timeout = None if math.isinf(got) else got
                     break
                 else:
+                    self._pulled = max(self._pulled, got.stop)
                     record = self._records[got.seq] = _Record(got, next=got.done)
                     self._submit(record, got.done, len(got.items) - got.done)
             if not more and (not self._parts or engine.stopped):
@@ -400,15 +314,17 @@ class DaskBackend(Backend):
 
     def _submit(self, record: _Record, offset: int, count: int) -> None:
         try:
-            blob = _dumps(record.task.items[offset : offset + count])
+            blob = dumps(record.task.items[offset : offset + count])
         except Exception as exc:
             record.parts += 1
             error = NotPicklable(f"item {record.task.start + offset} cannot be pickled to "
                                  f"send it to a Dask worker: {exc!r}")
             self._rerun_alone(_Part(record, offset, count), error, exc)
             return
+        if self._plan is not None:
+            self._plan.pickled(count, len(blob))
         key = f"{self._key_prefix}-{next(self._keys)}"
-        future = self._client.submit(_run_part, self._job, _Pickled(blob), key=key, pure=False)
+        future = self._client.submit(run_part, self._job, Pickled(blob), key=key, pure=False)
         self._parts[future.key] = _Part(record, offset, count, future)
         record.parts += 1
         future.add_done_callback(self._fetch.put)  # on Dask's callback thread
@@ -456,18 +372,26 @@ class DaskBackend(Backend):
                     futures.append(self._fetch.get())
                 # One status read per future: it may change while we look.
                 states = [(f, f.status) for f in futures if f is not None]
-                fetched: list[tuple[Any, _Reply | None, BaseException | None]] = [
+                fetched: list[tuple[Any, Reply | None, BaseException | None]] = [
                     (f, None, _future_error(f)) for f, state in states if state != "finished"]
                 finished = [f for f, state in states if state == "finished"]
                 try:  # one round trip for all of them
-                    replies = self._client.gather(finished) if finished else []
-                    fetched += [(f, r, None) for f, r in zip(finished, replies, strict=True)]
+                    blobs = self._client.gather(finished, direct=self._direct) if finished else []
                 except Exception:  # one could not be fetched: find which, one at a time
+                    blobs = []
                     for f in finished:
                         try:
-                            fetched.append((f, f.result(), None))
+                            blobs.append(f.result())
                         except Exception as exc:
-                            fetched.append((f, None, exc))
+                            blobs.append(exc)
+                for f, blob in zip(finished, blobs, strict=True):
+                    if isinstance(blob, BaseException):
+                        fetched.append((f, None, blob))
+                        continue
+                    try:
+                        fetched.append((f, pickle.loads(blob.blob), None))
+                    except Exception as exc:  # e.g. a class the driver cannot import
+                        fetched.append((f, None, exc))
                 if fetched:
                     self._inbox.put(("fetched", fetched))
                 if None in futures:
@@ -475,10 +399,12 @@ class DaskBackend(Backend):
         except BaseException as exc:  # the feeder must not wait for results forever
             self._inbox.put(("broken", exc))
 
-    def _received(self, part: _Part, reply: _Reply) -> None:
+    def _received(self, part: _Part, reply: Reply) -> None:
         if reply.init_error is not None:
             self._engine.fail_run(_restore(*reply.init_error))
             return
+        if self._plan is not None:
+            self._plan.took(len(reply.values), reply.duration)
         errors = None if reply.errors is None else {
             k: _restore(e, tb) for k, (e, tb) in reply.errors.items()}
         self._report(part, Outcome(reply.values, errors, reply.duration, reply.worker))
@@ -534,11 +460,40 @@ class DaskBackend(Backend):
         if self._collector is not None:
             self._fetch.put(None)
             self._collector.join()
-        if client is not None and self._given_client is None:
+        if client is not None and self._given_client is None and cluster is None:
+            # Closing is a few round trips with the scheduler (about 10 ms)
+            # that the results no longer wait for: a thread of its own does
+            # it, not a daemon, so the interpreter waits for it at exit.
+            self.closer = threading.Thread(target=_cleanup, name="shoal-dask-close", daemon=False,
+                                           args=("close the Dask client", client.close))
+            self.closer.start()
+        elif client is not None and self._given_client is None:
             _cleanup("close the Dask client", client.close)
         if cluster is not None:
             _cleanup("close the LocalCluster", cluster.close)
         self._client = self._cluster = None
+
+
+def _gather_direct(client: Any, own_cluster: bool) -> bool | None:
+    """Fetch results from the workers themselves rather than through the scheduler?
+
+    Half the traffic and one hop less, but the driver must reach the workers:
+    yes for the cluster shoal started and for a scheduler on this machine;
+    elsewhere the client's ``direct_to_workers`` (Dask's default: no) decides.
+    """
+    if client.direct_to_workers is not None:
+        return None  # the caller chose
+    if own_cluster:
+        return True
+    address = str(client.scheduler.address)
+    scheme, _, rest = address.rpartition("://")
+    if scheme == "inproc":
+        return True
+    host = rest.rsplit(":", 1)[0].strip("[]")
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback or None
+    except ValueError:
+        return None
 
 
 def _cleanup(what: str, step: Callable[[], Any]) -> None:

@@ -1,0 +1,161 @@
+"""The Dask backend's worker side: the task function and what it carries.
+
+Everything that crosses the cluster is bytes shoal pickled itself, wrapped in
+``Pickled``: the job (``fn``, the initializer and its arguments, one blob per
+run), each chunk of items, and each reply. Dask moves them as out-of-band
+frames, untouched: its scheduler unpickles task arguments and would walk plain
+lists item by item (seconds for 100,000 items), and a reply pickled by Dask
+would be unpickled on the driver's Dask event loop; as bytes, the driver
+unpickles it on shoal's collector thread instead, and a value that cannot be
+pickled fails its item alone.
+
+``fn`` travels inside every task but is unpickled once per worker process
+(``_load_job``, cached by the run's token). A scattered copy would tie every
+task to the workers holding it (Dask places tasks next to their data) and be
+lost for good when those workers died.
+
+This module is imported by name on the workers (and on the scheduler, which
+unpickles task specs): keep it free of driver-only imports.
+"""
+
+from __future__ import annotations
+
+import pickle
+import threading
+import traceback
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, SupportsIndex
+
+import cloudpickle
+
+from shoal._calling import run_chunk, sync_caller
+from shoal._errors import NotPicklable
+
+
+class Pickled:
+    """Bytes pickled by shoal, opaque to Dask; ``token`` names a run's job.
+
+    Dask pickles with protocol 5 and sends ``PickleBuffer`` contents as
+    separate frames: the blob is never copied into a pickle stream, and the
+    receiving side (scheduler or worker) gets a view of the received frame.
+    """
+
+    __slots__ = ("blob", "token")
+
+    def __init__(self, blob: bytes | memoryview, token: str = "") -> None:
+        self.blob = blob
+        self.token = token
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> tuple[Any, ...]:
+        blob = pickle.PickleBuffer(self.blob) if int(protocol) >= 5 else bytes(self.blob)
+        return Pickled, (blob, self.token)
+
+
+@dataclass(slots=True)
+class Reply:
+    """What a task sends back: ``Outcome`` fields, errors with their traceback text."""
+
+    values: list[Any]
+    errors: dict[int, tuple[BaseException, str]] | None
+    duration: float
+    worker: str
+    init_error: tuple[BaseException, str] | None = None
+
+
+def dumps(obj: Any) -> bytes:
+    """Plain pickle (fast for data), else cloudpickle (lambdas, ``__main__``).
+
+    Plain pickle refers to ``__main__`` objects by name, which on a worker
+    names another module, so such a pickle is redone by value (as Dask does).
+
+    Raises:
+        Exception: whatever cloudpickle raises for an object it cannot pickle.
+    """
+    try:
+        blob = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        if b"__main__" not in blob:
+            return blob
+    except Exception:
+        pass  # cloudpickle below can do more, or raises the error worth showing
+    return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)  # type: ignore[no-any-return]
+
+
+# Worker-process state: the last runs' unpickled jobs (each unpickled once) and
+# the runs whose initializer ran here. The lock guards both: a worker may run
+# several threads.
+_worker_lock = threading.Lock()
+_jobs: OrderedDict[str, tuple[Any, ...]] = OrderedDict()
+_initialized: set[str] = set()
+
+
+def _load_job(job: Pickled) -> tuple[Any, ...]:
+    with _worker_lock:
+        loaded = _jobs.get(job.token)
+        if loaded is None:
+            loaded = _jobs[job.token] = pickle.loads(job.blob)
+            while len(_jobs) > 8:
+                _jobs.popitem(last=False)
+        if loaded[1] is not None and job.token not in _initialized:
+            loaded[1](*loaded[2])  # the initializer; raising leaves the run uninitialized
+            _initialized.add(job.token)
+        return loaded
+
+
+def portable(exc: BaseException) -> tuple[BaseException, str]:
+    """The exception (or a ``NotPicklable`` copy) and its traceback text.
+
+    Tracebacks do not pickle, so the text travels beside the exception; one
+    that cannot make the round trip is replaced, keeping type and message.
+    """
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        pickle.loads(dumps(exc))
+    except Exception as why:
+        exc = NotPicklable(f"{type(exc).__qualname__}: {exc} (cannot be pickled back from "
+                           f"the Dask worker: {why!r})")
+    return exc, tb
+
+
+def _pack(reply: Reply) -> Pickled:
+    """The reply, pickled; a value that cannot be pickled fails its item alone."""
+    try:
+        return Pickled(dumps(reply))
+    except Exception:
+        pass  # find the culprits below: the rare case may cost a pickle per item
+    errors = dict(reply.errors or {})
+    for k, value in enumerate(reply.values):
+        if k in errors:
+            continue
+        try:
+            dumps(value)
+        except Exception as why:
+            reply.values[k] = None
+            errors[k] = portable(NotPicklable(
+                f"the value returned for this item cannot be pickled to send it back "
+                f"from the Dask worker: {why!r}"))
+    reply.errors = errors or None
+    return Pickled(dumps(reply))
+
+
+def run_part(job: Pickled, chunk: Pickled) -> Pickled:
+    """Runs on a Dask worker: ``fn`` over the chunk, every failure of fn caught.
+
+    Returns the pickled ``Reply``.
+    """
+    from distributed import get_worker
+
+    worker = get_worker().address
+    try:
+        fn = _load_job(job)[0]
+    except BaseException as exc:  # the initializer failed: the run must stop
+        return _pack(Reply([], None, 0.0, worker, portable(exc)))
+    items: list[Any] = pickle.loads(chunk.blob)
+    try:
+        outcome = run_chunk(sync_caller(fn), items, worker)
+    except BaseException as exc:  # SystemExit and the like: fail the chunk, keep the worker
+        return _pack(Reply([None] * len(items), dict.fromkeys(range(len(items)), portable(exc)),
+                           0.0, worker))
+    errors = None if outcome.errors is None else {
+        k: portable(e) for k, e in outcome.errors.items()}
+    return _pack(Reply(outcome.values, errors, outcome.duration, worker))
