@@ -13,19 +13,34 @@ Scenarios (the targets of the issue that introduced the backend):
 5. Ctrl-C: SIGINT to a driver script whose workers are busy (target: it exits
    within 2 s and leaves no process behind).
 
-Each timing is the median of 3 runs (1 with ``--quick``, which also uses
-smaller inputs). Pool start-up is part of every timing.
+Timings (scenarios 1 and 2) are taken in rounds. In each round every
+contender runs in a fresh interpreter that times the baseline and then the
+contender once (after one untimed call); a figure is the median over the
+rounds of the contender's time against its own baseline. A fresh interpreter
+each time keeps what one peer leaves behind (joblib's worker processes and
+threads; numpy, which importing joblib or mpire loads, starts BLAS threads)
+from changing how the next contender runs: with threads in the driver shoal
+cannot fork its fork server and starts it with exec, which the line
+``shoal "processes", numpy loaded`` shows on purpose. Rounds spread a slow
+spell of a shared machine over every contender. Pool start-up is part of every
+timing (3 rounds; 1 with ``--quick``, which also uses smaller inputs).
+Scenario 2 also prints how busy the workers were (the items' own seconds over
+workers x wall time), which a slow spell does not move: what is lost to
+start-up, feeding and the tail, apart from the machine's speed. The load
+average before and after each scenario says how busy the machine was.
 
-    .venv/bin/python benchmarks/bench_processes.py [--quick]
+    .venv/bin/python benchmarks/bench_processes.py [--quick] [--rounds N] [--only tiny,cpu]
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import importlib.util
 import multiprocessing
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import textwrap
@@ -33,7 +48,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from _timing import median_time, timed
+from _timing import timed
 
 import shoal
 
@@ -50,6 +65,13 @@ def burn(loops: int) -> int:
     for i in range(loops):
         total += i * i
     return total
+
+
+def burn_timed(loops: int) -> float:
+    """``burn``, returning the seconds it took where it ran."""
+    start = time.perf_counter()
+    burn(loops)
+    return time.perf_counter() - start
 
 
 def loops_per_ms() -> int:
@@ -103,53 +125,117 @@ PEERS: dict[str, Callable[[Callable[[Any], Any], Any], list[Any]]] = {
 
 
 def _available(name: str) -> bool:
+    """Whether peer ``name`` is installed (found, not imported: see ``in_rounds``)."""
     module = {"joblib": "joblib", "mpire": "mpire"}.get(name)
-    if module is None:
-        return True
-    try:
-        __import__(module)
-    except ImportError:
-        return False
-    return True
+    return module is None or importlib.util.find_spec(module) is not None
 
 
 # ------------------------------------------------------------- scenarios
-def bench_tiny(n: int, repeats: int, skip_slow_peers: bool) -> None:
-    data = range(n)
-    expected = [square(x) for x in data]
-    base = median_time(lambda: [square(x) for x in data], repeats)
-    print(f"\n1. tiny: {n:,} items of x * x, {WORKERS} workers "
-          f"(list comprehension: {base * 1000:.0f} ms; ratio, lower is better)")
-    runs: dict[str, Callable[[], list[Any]]] = {
-        'shoal backend="processes"': lambda: shoal.map(square, data, backend="processes",
-                                                       workers=WORKERS),
-        'shoal backend="auto"': lambda: shoal.map(square, data, workers=WORKERS),
-    }
-    for name, peer in PEERS.items():
+def contender(name: str, fn: Callable[[Any], Any], data: Any) -> Callable[[], list[Any]]:
+    """A call that runs ``fn`` over ``data`` the way contender ``name`` does."""
+    if name == 'shoal backend="processes"':
+        return lambda: shoal.map(fn, data, backend="processes", workers=WORKERS)
+    if name == 'shoal backend="auto"':
+        return lambda: shoal.map(fn, data, workers=WORKERS)
+    if name == NUMPY_RUN:
+        import numpy  # noqa: F401 - its BLAS threads are the point
+
+        return lambda: shoal.map(fn, data, backend="processes", workers=WORKERS)
+    return lambda: PEERS[name](fn, data)
+
+
+NUMPY_RUN = 'shoal "processes", numpy loaded'
+
+
+def contenders(skip_slow_peers: bool) -> list[str]:
+    names = ['shoal backend="processes"', 'shoal backend="auto"']
+    if importlib.util.find_spec("numpy") is not None:
+        names.append(NUMPY_RUN)
+    for name in PEERS:
         if _available(name) and not (skip_slow_peers and name in ("joblib", "mpire")):
-            runs[name] = lambda peer=peer: peer(square, data)  # type: ignore[misc]
-    for name, run in runs.items():
-        assert run() == expected, name
-        t = median_time(run, repeats)
-        print(f"   {name:<28} {t * 1000:8.0f} ms  {t / base:6.2f}x")
+            names.append(name)
+    return names
+
+
+def child(scenario: str, name: str, n: int, per_ms: int) -> None:
+    """In a fresh interpreter: time the baseline and ``name`` once each.
+
+    Prints both times and, for the cpu scenario, how busy the workers were:
+    the seconds the items took where they ran over workers x wall time.
+    """
+    if scenario == "tiny":
+        fn: Callable[[Any], Any] = square
+        data: Any = range(n)
+    else:
+        fn, data = burn_timed, [5 * per_ms] * n
+    run = contender(name, fn, data)
+    if scenario == "tiny":  # a first call, checked: imports and the like are not timed
+        assert run() == [fn(x) for x in data], name
+    else:
+        assert len(contender(name, fn, data[:64])()) == 64, name
+    # What each timed call returns is dropped inside the timing, as it would be
+    # by a caller done with it; the workers' seconds are summed first (cpu).
+    base = timed(lambda: [fn(x) for x in data])
+    seconds: list[float] = []
+
+    def call() -> None:
+        values = run()
+        seconds.append(sum(values) if scenario == "cpu" else 0.0)
+
+    took = timed(call)
+    print(base, took, seconds[0] / (WORKERS * took))
+
+
+def in_rounds(scenario: str, names: list[str], n: int, per_ms: int,
+              repeats: int) -> dict[str, list[tuple[float, ...]]]:
+    """(baseline s, contender s, busy): ``repeats`` rounds of every contender in turn.
+
+    Each measurement runs in a fresh interpreter, the baseline next to the
+    contender: what one peer leaves in its process (joblib keeps worker
+    processes and threads; importing joblib or mpire loads numpy, whose BLAS
+    starts threads, and shoal then starts its fork server with exec) cannot
+    change how another contender runs. Taking the rounds in turn spreads a
+    slow spell of a shared machine over every contender.
+    """
+    times: dict[str, list[tuple[float, ...]]] = {name: [] for name in names}
+    for _ in range(repeats):
+        for name in names:
+            out = subprocess.run(
+                [sys.executable, __file__, "--child", scenario, name, str(n), str(per_ms)],
+                capture_output=True, text=True, check=True,
+            ).stdout.split()
+            times[name].append(tuple(float(x) for x in out[-3:]))
+    return times
+
+
+def load() -> str:
+    return f"load average {os.getloadavg()[0]:.2f}"
+
+
+def bench_tiny(n: int, repeats: int, skip_slow_peers: bool) -> None:
+    before = load()
+    times = in_rounds("tiny", contenders(skip_slow_peers), n, 0, repeats)
+    base = statistics.median(r[0] for rounds in times.values() for r in rounds)
+    print(f"\n1. tiny: {n:,} items of x * x, {WORKERS} workers (list comprehension: "
+          f"{base * 1000:.0f} ms; ratio, lower is better; {before}, after: {load()})")
+    for name, rounds in times.items():
+        ratio = statistics.median(r[1] / r[0] for r in rounds)
+        print(f"   {name:<32} {statistics.median(r[1] for r in rounds) * 1000:8.0f} ms  "
+              f"{ratio:6.2f}x")
 
 
 def bench_cpu(n: int, repeats: int, per_ms: int) -> None:
-    data = [5 * per_ms] * n
-    base = median_time(lambda: [burn(x) for x in data], repeats)
-    print(f"\n2. cpu: {n} items of ~5 ms CPU, {WORKERS} workers "
-          f"(loop: {base:.2f} s; speed-up, higher is better)")
-    runs: dict[str, Callable[[], list[Any]]] = {
-        'shoal backend="processes"': lambda: shoal.map(burn, data, backend="processes",
-                                                       workers=WORKERS),
-        'shoal backend="auto"': lambda: shoal.map(burn, data, workers=WORKERS),
-    }
-    for name, peer in PEERS.items():
-        if _available(name):
-            runs[name] = lambda peer=peer: peer(burn, data)  # type: ignore[misc]
-    for name, run in runs.items():
-        t = median_time(run, repeats)
-        print(f"   {name:<28} {t:8.2f} s   {base / t:6.2f}x")
+    before = load()
+    times = in_rounds("cpu", contenders(False), n, per_ms, repeats)
+    base = statistics.median(r[0] for rounds in times.values() for r in rounds)
+    print(f"\n2. cpu: {n} items of ~5 ms CPU, {WORKERS} workers (loop: {base:.2f} s; "
+          f"speed-up, higher is better; busy: item time where it ran / (workers x wall); "
+          f"{before}, after: {load()})")
+    for name, rounds in times.items():
+        speedup = statistics.median(r[0] / r[1] for r in rounds)
+        busy = statistics.median(r[2] for r in rounds)
+        print(f"   {name:<32} {statistics.median(r[1] for r in rounds):8.2f} s   "
+              f"{speedup:6.2f}x   busy {busy:6.1%}")
 
 
 def bench_crash(n: int) -> None:
@@ -221,19 +307,41 @@ def bench_ctrl_c() -> None:
           f"{len(family)} child processes before, {len(left)} left")
 
 
+SCENARIOS = ("tiny", "cpu", "crash", "hang", "ctrl-c")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smaller inputs, one repeat")
+    parser.add_argument("--quick", action="store_true", help="smaller inputs, one round")
+    parser.add_argument("--rounds", type=int, help="rounds of timings (default 3, quick 1)")
+    parser.add_argument("--only", default=",".join(SCENARIOS),
+                        help=f"comma-separated scenarios to run, of {', '.join(SCENARIOS)}")
+    parser.add_argument("--no-slow-peers", action="store_true",
+                        help="leave joblib and mpire out of the tiny scenario")
+    parser.add_argument("--child", nargs=4, metavar=("SCENARIO", "NAME", "N", "PER_MS"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args()
-    repeats = 1 if args.quick else 3
+    if args.child:
+        scenario, name, n, per_ms = args.child
+        child(scenario, name, int(n), int(per_ms))
+        return
+    only = set(args.only.split(","))
+    if only - set(SCENARIOS):
+        parser.error(f"unknown scenario(s): {', '.join(sorted(only - set(SCENARIOS)))}")
+    repeats = args.rounds or (1 if args.quick else 3)
     per_ms = loops_per_ms()
     print(f"shoal {shoal.__version__}, {os.cpu_count()} CPUs, load average "
-          f"{os.getloadavg()[0]:.2f}, {per_ms} loop iterations per ms")
-    bench_tiny(100_000 if args.quick else 1_000_000, repeats, skip_slow_peers=False)
-    bench_cpu(100 if args.quick else 400, repeats, per_ms)
-    bench_crash(200)
-    bench_hang(200)
-    bench_ctrl_c()
+          f"{os.getloadavg()[0]:.2f}, {per_ms} loop iterations per ms, {repeats} rounds")
+    if "tiny" in only:
+        bench_tiny(100_000 if args.quick else 1_000_000, repeats, args.no_slow_peers)
+    if "cpu" in only:
+        bench_cpu(100 if args.quick else 400, repeats, per_ms)
+    if "crash" in only:
+        bench_crash(200)
+    if "hang" in only:
+        bench_hang(200)
+    if "ctrl-c" in only:
+        bench_ctrl_c()
 
 
 if __name__ == "__main__":

@@ -532,7 +532,20 @@ def test_chunk_sizer_grows_from_one_item() -> None:
     for _ in range(6):
         sizer.observe(sizer.size, sizer.size * 1e-6, pulled=0)
         sizes.append(sizer.size)
-    assert sizes == [8, 64, 512, 4096, 20000, 20000]  # 8-fold at most, then ~20 ms of work
+    # straight to 2 ms of measured work, then 8-fold at most, up to ~20 ms of work
+    assert sizes == [2000, 16000, 20000, 20000, 20000, 20000]
+
+
+def test_chunk_sizer_grows_slowly_from_a_slow_first_item() -> None:
+    sizer = ChunkSizer(workers=2, total=None)
+    sizer.observe(1, 0.001, pulled=0)  # 1 ms: a 2 ms chunk is 2 items, 8-fold is 8
+    assert sizer.size == 8
+
+
+def test_chunk_sizer_keeps_frames_within_the_socket_buffer() -> None:
+    sizer = ChunkSizer(workers=2, total=None, max_frame_bytes=80_000)
+    sizer.observe(1000, 1000 * 1e-7, pulled=0, item_bytes=8.0)
+    assert sizer.size == 10_000  # 20 ms would be 200,000 items, but 80 kB / 8 bytes
 
 
 def test_chunk_sizer_keeps_chunks_per_worker_of_what_remains() -> None:

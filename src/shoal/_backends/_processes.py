@@ -13,18 +13,10 @@ Data flow (one *hub* thread in the driver does all the I/O, on non-blocking sock
       └▶ inbox ─▶ hub ── SPAWN / KILL / QUIT ──control──▶ fork server ──fork──▶ worker
                   hub ◀── SPAWNED + socket fd, EXITED(code) ──┘
 
-**Start method.** Every worker is forked from a per-pool *fork server* that
-is single-threaded and runs no user code (it holds ``fn`` as bytes only), so
-no lock can be held at fork time: forking from it is both fast (about a
-millisecond) and safe. When the driver itself is single-threaded at
-``start()`` (Linux, counted in ``/proc/self/task``, which also sees threads
-that C libraries started) the fork server is forked from the driver: start-up
-costs a few milliseconds and modules the driver imported are already loaded in
-every worker. Otherwise (the driver has threads, macOS, other POSIX) the fork
-server is started with exec (a fresh ``python -c``), like multiprocessing's
-forkserver, only without re-running ``__main__``. Either way ``fn`` crosses as
-cloudpickle bytes and is unpickled once per worker, so lambdas, closures and
-functions of ``__main__`` or a notebook behave the same on both paths.
+**Start method.** Workers are forked from a per-pool *fork server*, itself
+forked from the driver when the driver is single-threaded and started with
+exec otherwise: ``_procworker.py`` says why and what each costs, and how no
+process outlives the pool.
 
 **Crash isolation.** The fork server reaps workers and reports each exit code
 (negative: a signal). A worker that dies fails the item it was running with
@@ -38,19 +30,18 @@ crashes again and fails alone. Items before it in that chunk run twice (their
 results died with the worker); an item that crashed once and not again fails
 nothing.
 
-**No orphans.** ``shutdown(cancel=True)`` has the fork server SIGKILL and reap
-every worker, then reaps the fork server. If the driver dies, the fork server
-sees its control socket close and kills its workers; on Linux the fork server
-and the workers also ask for SIGKILL when their parent dies (``prctl``).
-
 **Chunking.** With ``chunk_size="auto"`` the first chunks hold one item; from
 the measured item time ``ChunkSizer`` grows them towards ~20 ms of work while
 keeping, when the number of items is known, four chunks per worker of what
 remains, so the last chunks finish together, and keeping each chunk's pickle
-small enough to sit whole in a socket buffer. Without a timeout each worker
-has one chunk queued behind the running one, so it never waits for the driver.
-Tiny items cost the driver one pickle of the chunk and one unpickle of its
-results; values stay in the engine's columns, with no per-item object.
+small enough to sit whole in the worker socket's buffer (asked for 1 MiB each
+way). Without a timeout each worker has one chunk queued behind the running
+one, so it never waits for the driver, and it writes its results without
+waiting for the driver to read them. Tiny items cost the driver one pickle of
+the chunk and one unpickle of its results; values stay in the engine's
+columns, with no per-item object. For them the driver is the bottleneck:
+pulling items, pickling and unpickling (about 100 ns an item) and, while the
+fork server shares its pages, copy-on-write faults.
 """
 
 from __future__ import annotations
@@ -58,7 +49,6 @@ from __future__ import annotations
 import itertools
 import math
 import os
-import pickle
 import selectors
 import socket
 import threading
@@ -67,10 +57,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from shoal._backends._base import Backend, cpu_count
-from shoal._backends._procworker import (
+from shoal._backends._procworker import ForkServerHandle, describe_exit, start_fork_server
+from shoal._backends._wire import (
     BATCH_DONE,
     FATAL,
-    HEADER,
     ITEM_DONE,
     OP_EXITED,
     OP_KILL,
@@ -78,23 +68,22 @@ from shoal._backends._procworker import (
     OP_SPAWN,
     OP_SPAWN_FAILED,
     OP_SPAWNED,
-    PICKLE_PROTOCOL,
     READY,
     RECORD,
     RUN_BATCH,
     RUN_STREAM,
-    SMALL_FRAME,
     UNREADABLE,
-    ForkServerHandle,
+    ControlReader,
     FrameReader,
+    FrameWriter,
     RemoteError,
-    describe_exit,
+    all_failed,
+    frame_budget,
     load_error,
     load_result,
-    pickle_for_workers,
     pickle_items,
-    start_fork_server,
     with_remote_traceback,
+    worker_payload,
 )
 from shoal._calling import Outcome
 from shoal._errors import BackendUnavailable, BrokenBackend, WorkerCrashed
@@ -117,29 +106,28 @@ WorkerState = Literal["live", "retiring", "killed"]
 class ChunkSizer:
     """Chunk sizes for ``chunk_size="auto"`` from measured item time.
 
-    A pure policy (no clock, no I/O): the hub feeds it the seconds each report
-    took in the worker. It starts at one item and aims at ``TARGET_SECONDS``
-    of work per chunk, growing at most ``GROWTH``-fold per report (the first
-    measurements are noisy). When the number of items is known it also keeps
-    ``CHUNKS_PER_WORKER`` chunks per worker of what remains (guided
-    scheduling: chunks shrink towards the end so the last ones finish
-    together), but never below ``MIN_SECONDS`` of work. A chunk's pickle (in
-    or out) stays under ``MAX_FRAME_BYTES``, so that it fits in a socket's
-    buffer: a worker then never waits for the driver to read its results or
-    to send the rest of its next chunk.
+    A pure policy (no clock, no I/O) fed the seconds each report took in the
+    worker. From one item it aims at ``TARGET_SECONDS`` of work per chunk,
+    growing at most ``GROWTH``-fold per report (first measurements are noisy)
+    but always allowed straight to ``MIN_SECONDS`` of measured work, so tiny
+    items reach full-size chunks in two reports. With a known total it keeps
+    ``CHUNKS_PER_WORKER`` chunks per worker of what remains (guided: the last
+    chunks finish together), never below ``MIN_SECONDS``. A chunk's pickle,
+    in or out, stays under ``max_frame_bytes`` (the socket buffer), so neither
+    side waits for the other to read.
     """
 
     TARGET_SECONDS = 0.02
     MIN_SECONDS = 0.002
-    MAX_FRAME_BYTES = 1 << 17
     GROWTH = 8
     CHUNKS_PER_WORKER = 4
     DECAY = 0.5  # weight of the past at each report
 
-    def __init__(self, workers: int, total: int | None) -> None:
+    def __init__(self, workers: int, total: int | None, max_frame_bytes: int = 1 << 17) -> None:
         self.size = 1
         self._workers = workers
         self.total = total  # items this backend will be handed, when known
+        self.max_frame_bytes = max_frame_bytes
         self._items = 0.0
         self._seconds = 0.0
 
@@ -154,14 +142,15 @@ class ChunkSizer:
         self._items = self._items * self.DECAY + items
         self._seconds = self._seconds * self.DECAY + seconds
         per_item = max(self._seconds / self._items, 1e-8)
+        floor = self.MIN_SECONDS / per_item
         want = self.TARGET_SECONDS / per_item
         if self.total is not None:
             remaining = max(self.total - pulled, 0)
             want = min(want, remaining / (self.CHUNKS_PER_WORKER * self._workers))
-        want = max(want, self.MIN_SECONDS / per_item, 1.0)
+        want = min(max(want, floor, 1.0), max(self.size * self.GROWTH, floor))
         if item_bytes > 0:
-            want = min(want, self.MAX_FRAME_BYTES / item_bytes)
-        new = max(1, int(min(want, self.size * self.GROWTH)))
+            want = min(want, self.max_frame_bytes / item_bytes)
+        new = max(1, int(want + 0.5))
         if new == self.size or abs(new - self.size) < 0.2 * self.size:
             return False
         self.size = new
@@ -189,7 +178,7 @@ class _Worker:
         self.label = f"pid:{pid}"
         self.sock: socket.socket | None = sock
         self.reader = FrameReader()
-        self.out: deque[memoryview] = deque()  # frames not yet written
+        self.out = FrameWriter()  # frames not yet written
         self.events = selectors.EVENT_READ
         self.sends: deque[_Sent] = deque()  # in the order the worker runs them
         self.ready = False
@@ -215,11 +204,7 @@ class ProcessBackend(Backend):
             raise BackendUnavailable(
                 'backend="processes" needs a POSIX system (os.fork); use backend="threads"'
             )
-        fn_blob = pickle_for_workers("fn", fn)
-        init_blob = None
-        if options.initializer is not None:
-            init_blob = pickle_for_workers("initializer", (options.initializer, options.initargs))
-        self._payload = pickle.dumps((fn_blob, init_blob), PICKLE_PROTOCOL)
+        self._payload = worker_payload(fn, options.initializer, options.initargs)
         self._sizer = ChunkSizer(workers, None) if options.chunk_size == "auto" else None
         self._server: ForkServerHandle | None = None
         self._hub_thread: threading.Thread | None = None
@@ -250,8 +235,8 @@ class ProcessBackend(Backend):
         self._depth = 1 if self._stream_all else 2
         self._sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+        for end in (self._wake_r, self._wake_w):
+            end.setblocking(False)
         self._sel.register(self._wake_r, selectors.EVENT_READ, None)
         self._sel.register(self._server.control, selectors.EVENT_READ, None)
         # The hub thread owns everything from here to the locks: workers,
@@ -264,8 +249,7 @@ class ProcessBackend(Backend):
         self._in_bytes = 0.0  # pickled bytes per item sent, of the last chunk
         self._out_bytes = 0.0  # pickled bytes per result, of the last chunk
         self._startup_deaths = 0
-        self._control_buf = bytearray()
-        self._control_fds: list[int] = []
+        self._control = ControlReader()
         self._hub_ident: int | None = None
         # _inbox_lock guards _inbox and _closing: consumer threads write them, the hub reads.
         self._inbox_lock = threading.Lock()
@@ -393,7 +377,9 @@ class ProcessBackend(Backend):
             count = len(task.items) - start
             if w.quota is not None:
                 count = min(count, w.quota)
-            items = task.items[start : start + count]
+            items = task.items
+            if start or count < len(items):
+                items = items[start : start + count]
             sendable, body, error = pickle_items(items, task.start + start, self._by_value)
             if sendable == 0:
                 assert error is not None
@@ -411,36 +397,18 @@ class ProcessBackend(Backend):
             return
 
     def _write(self, w: _Worker, kind: int, body: bytes) -> None:
-        header = HEADER.pack(kind, len(body))
-        if len(body) < SMALL_FRAME:
-            w.out.append(memoryview(header + body))
-        else:
-            w.out.append(memoryview(header))
-            w.out.append(memoryview(body))
+        w.out.put(kind, body)
         self._flush(w)
 
     def _flush(self, w: _Worker) -> None:
-        sock = w.sock
-        if sock is None:
+        if w.sock is None:
             w.out.clear()
             return
-        while w.out:
-            head = w.out[0]
-            try:
-                n = sock.send(head)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                w.out.clear()  # the worker is gone; its exit report follows
-                break
-            if n < len(head):
-                w.out[0] = head[n:]
-                break
-            w.out.popleft()
+        w.out.flush(w.sock)
         events = selectors.EVENT_READ | (selectors.EVENT_WRITE if w.out else 0)
         if events != w.events:
             w.events = events
-            self._sel.modify(sock, events, w)
+            self._sel.modify(w.sock, events, w)
 
     # --------------------------------------------------------- worker events
     def _on_worker(self, w: _Worker, mask: int) -> None:
@@ -479,9 +447,7 @@ class ProcessBackend(Backend):
                 w.ready = True
                 self._startup_deaths = 0
             elif kind == UNREADABLE:
-                error = load_error(body)
-                self._report(w, [None] * w.sends[0].count,
-                             dict.fromkeys(range(w.sends[0].count), (error, "")), 0.0)
+                self._report(w, *all_failed(load_error(body), w.sends[0].count), 0.0)
             elif kind == FATAL:
                 w.state = "retiring"  # it exits now; every worker would fail the same way
                 self._engine.fail_run(load_error(body))
@@ -542,35 +508,22 @@ class ProcessBackend(Backend):
 
     def _on_control(self) -> None:
         assert self._server is not None
-        control = self._server.control
-        need = RECORD.size - len(self._control_buf)
-        try:
-            data, fds, _, _ = socket.recv_fds(control, need, 1)
-        except OSError:
-            data, fds = b"", []
-        self._control_fds.extend(fds)
-        if not data:
-            self._sel.unregister(control)
-            for fd in self._control_fds:
-                os.close(fd)
-            self._control_fds.clear()
-            if self._is_closing():
-                return
-            self._engine.fail_run(BrokenBackend(
-                f"the process pool's fork server (pid {self._server.pid}) died; "
-                "its workers died with it"
-            ))
+        record = self._control.read(self._server.control)
+        if record is None:
+            self._sel.unregister(self._server.control)
+            if not self._is_closing():
+                self._engine.fail_run(BrokenBackend(
+                    f"the process pool's fork server (pid {self._server.pid}) died; "
+                    "its workers died with it"
+                ))
             return
-        self._control_buf += data
-        if len(self._control_buf) < RECORD.size:
-            return
-        op, a, b = RECORD.unpack(self._control_buf)
-        fds, self._control_fds = self._control_fds, []
-        self._control_buf.clear()
+        op, a, b, fds = record
         if op == OP_SPAWNED:
             sock = socket.socket(fileno=fds[0])
             sock.setblocking(False)
             w = _Worker(b, sock, self.options.max_items_per_worker)
+            if self._sizer is not None:
+                self._sizer.max_frame_bytes = frame_budget(sock)
             self._workers[b] = w
             self._sel.register(sock, selectors.EVENT_READ, w)
         elif op == OP_SPAWN_FAILED:

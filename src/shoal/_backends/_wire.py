@@ -1,0 +1,424 @@
+"""The wire of ``backend="processes"``: framing and pickling of every message.
+
+Two kinds of connection, both Unix stream sockets:
+
+* control socket, driver <-> fork server: fixed-size ``RECORD`` s
+  ``(op, a, b)``. A new worker's socket travels with its ``SPAWNED`` record as
+  SCM_RIGHTS; reading one record at a time keeps the fd with its record.
+* worker socket, driver <-> worker: frames ``HEADER (kind, length)`` + a
+  pickle. The worker reads and writes them blocking (``send_frame``,
+  ``recv_frame``); the driver's hub, on non-blocking sockets, splits what it
+  reads with a ``FrameReader`` and queues what it writes in a ``FrameWriter``.
+
+Serialization: protocol 5, the C pickler first and cloudpickle when it fails.
+What cannot be pickled fails its own item with ``NotPicklable``: a chunk is
+one pickle each way (items out, values back), and only when that pickle fails
+are its items or values pickled one by one to find the culprit.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import pickle
+import socket
+import struct
+import traceback
+from collections import deque
+from typing import Any
+
+import cloudpickle
+
+from shoal._errors import NotPicklable, RemoteTraceback
+
+PICKLE_PROTOCOL = 5
+
+RECORD = struct.Struct("!iqq")
+# driver -> fork server
+OP_SPAWN = 1  # (token, 0): fork a worker
+OP_KILL = 2  # (pid, 0): SIGKILL that worker, if it is still ours
+OP_QUIT = 3  # (kill, 0): exit once every worker has ended; kill=1: SIGKILL them first
+# fork server -> driver
+OP_SPAWNED = 11  # (token, pid) + the driver's end of the worker's socket
+OP_SPAWN_FAILED = 12  # (token, errno)
+OP_EXITED = 13  # (pid, exitcode): negative for a signal, as in multiprocessing
+
+HEADER = struct.Struct("!BQ")
+# driver -> worker; body: a pickled list of items
+RUN_BATCH = 1  # answer with one BATCH_DONE for the whole chunk
+RUN_STREAM = 2  # answer with one ITEM_DONE per item, as each finishes
+# worker -> driver
+READY = 11  # fn unpickled and initializer run; body empty
+FATAL = 12  # the worker cannot start; body: (exception, traceback text)
+BATCH_DONE = 13  # body: (values, {position: (exception, traceback text)} or None, seconds)
+ITEM_DONE = 14  # body: as BATCH_DONE, for the next single item of a RUN_STREAM chunk
+UNREADABLE = 15  # the chunk did not unpickle; body: (exception, traceback text)
+
+SMALL_FRAME = 1 << 16  # below this, header and body go out in one write
+#: asked for each direction of a worker socket (the kernel caps it: net.core.wmem_max)
+SOCKET_BUFFER = 1 << 20
+_READ_SIZE = 1 << 18
+_READS_PER_CALL = 32
+
+RemoteError = tuple[BaseException, str]
+
+
+# --------------------------------------------------------------- serialization
+def dumps(obj: Any, by_value: bool = False) -> bytes:
+    """Pickle ``obj`` with protocol 5.
+
+    The C pickler first (fastest), cloudpickle when that fails: lambdas,
+    closures and classes defined in ``__main__`` are pickled by value.
+    ``by_value``: use cloudpickle at once (the other side has another ``__main__``).
+
+    Raises:
+        Exception: whatever cloudpickle raised for an object it cannot pickle.
+    """
+    if not by_value:
+        try:
+            return pickle.dumps(obj, PICKLE_PROTOCOL)
+        except Exception:
+            pass
+    return cloudpickle.dumps(obj, PICKLE_PROTOCOL)  # type: ignore[no-any-return]
+
+
+def describe_pickling_error(what: str, obj: Any, exc: BaseException) -> str:
+    kind = type(obj).__qualname__
+    return f"{what} (a {kind}) cannot be pickled: {type(exc).__name__}: {exc}"
+
+
+def portable_error(exc: BaseException) -> RemoteError:
+    """The exception and its formatted traceback, made safe to pickle.
+
+    An exception that does not survive a pickle round trip is replaced by a
+    ``RuntimeError`` carrying its repr, so that the item still fails with a
+    readable message and the batch goes on.
+    """
+    text = "".join(traceback.format_exception(exc))
+    try:
+        pickle.loads(dumps(exc))
+    except Exception as why:
+        exc = RuntimeError(
+            f"{type(exc).__qualname__}: {exc!r} (the exception could not be pickled to "
+            f"cross to the driver: {type(why).__name__}: {why})"
+        )
+    return exc, text
+
+
+def encode_batch(values: list[Any], errors: dict[int, BaseException] | None,
+                 seconds: float) -> bytes:
+    """The BATCH_DONE body; a result that cannot be pickled fails its item alone."""
+    remote = None if errors is None else {k: portable_error(e) for k, e in errors.items()}
+    try:
+        return dumps((values, remote, seconds))
+    except Exception:
+        pass
+    remote = remote or {}
+    for k, value in enumerate(values):
+        try:
+            dumps(value)
+        except Exception as exc:
+            values[k] = None
+            remote[k] = portable_error(
+                NotPicklable(describe_pickling_error("the result", value, exc))
+            )
+    return dumps((values, remote, seconds))
+
+
+def pickle_for_workers(what: str, obj: object) -> bytes:
+    """``obj`` (fn, or the initializer and its arguments) pickled with cloudpickle.
+
+    Raises:
+        NotPicklable: it cannot be pickled, with the reason and how to fix it.
+    """
+    try:
+        return cloudpickle.dumps(obj, PICKLE_PROTOCOL)  # type: ignore[no-any-return]
+    except Exception as exc:
+        shown = obj[0] if isinstance(obj, tuple) else obj
+        raise NotPicklable(
+            f"{what} {shown!r} cannot be pickled to run in worker processes "
+            f"({type(exc).__name__}: {exc}). Define it at module level or make what it "
+            "captures picklable: a lock, an open file or a connection cannot cross to "
+            "another process; open such resources once per worker with initializer="
+        ) from exc
+
+
+def worker_payload(fn: object, initializer: object, initargs: tuple[Any, ...]) -> bytes:
+    """What every worker is started with: ``fn`` and the initializer, pickled once.
+
+    Raises:
+        NotPicklable: ``fn``, the initializer or its arguments cannot be pickled.
+    """
+    fn_blob = pickle_for_workers("fn", fn)
+    init_blob = None
+    if initializer is not None:
+        init_blob = pickle_for_workers("initializer", (initializer, initargs))
+    return pickle.dumps((fn_blob, init_blob), PICKLE_PROTOCOL)
+
+
+def pickle_items(items: list[Any], first_index: int,
+                  by_value: bool) -> tuple[int, bytes, NotPicklable | None]:
+    """Pickle the longest prefix of ``items`` that pickles.
+
+    Returns (how many items, their pickle, the error of the item after them or None).
+    """
+    try:
+        return len(items), dumps(items, by_value), None
+    except Exception:
+        pass
+    for k, item in enumerate(items):
+        try:
+            dumps(item, by_value)
+        except Exception as exc:
+            what = f"item {first_index + k}"
+            error = NotPicklable(describe_pickling_error(what, item, exc))
+            return k, dumps(items[:k], by_value) if k else b"", error
+    return 1, dumps(items[:1], by_value), None  # each pickles alone: send them one by one
+
+
+def load_result(body: bytearray, count: int) -> tuple[list[Any], dict[int, RemoteError] | None,
+                                                      float]:
+    """A BATCH_DONE / ITEM_DONE body; one that will not unpickle fails its ``count`` items."""
+    try:
+        values, remote, seconds = pickle.loads(body)
+        return values, remote, seconds
+    except Exception as exc:
+        error = NotPicklable(
+            f"a result could not be unpickled in the driver: {type(exc).__name__}: {exc}"
+        )
+        return (*all_failed(error, count), 0.0)
+
+
+def all_failed(error: BaseException, count: int) -> tuple[list[Any], dict[int, RemoteError]]:
+    """Values and errors of ``count`` items that all failed with ``error``."""
+    return [None] * count, dict.fromkeys(range(count), (error, ""))
+
+
+def with_remote_traceback(error: RemoteError) -> BaseException:
+    """The exception, with the worker-side traceback as its ``__cause__``."""
+    exc, text = error
+    if text:
+        exc.__cause__ = RemoteTraceback(text)
+    return exc
+
+
+def load_error(body: bytearray) -> BaseException:
+    """A FATAL / UNREADABLE body: the worker's exception with its traceback."""
+    try:
+        error: RemoteError = pickle.loads(body)
+    except Exception as exc:
+        return RuntimeError(
+            f"a worker failed, and its exception could not be unpickled in the driver: "
+            f"{type(exc).__name__}: {exc}"
+        )
+    return with_remote_traceback(error)
+
+
+# ----------------------------------------------------------------- frame I/O
+def worker_socketpair() -> tuple[socket.socket, socket.socket]:
+    """A connected pair for driver <-> worker, with buffers for whole frames.
+
+    With room for a frame or two in the socket, a worker writes its results
+    and starts its next chunk at once, and the driver hands a chunk over in
+    one write, instead of each waiting for the other to get round to it.
+    """
+    pair = socket.socketpair()
+    for sock in pair:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
+        except OSError:
+            pass  # the default buffers work, with smaller frames
+    return pair
+
+
+def frame_budget(sock: socket.socket) -> int:
+    """The largest frame ``sock`` takes in one write without blocking (about)."""
+    try:
+        # Linux reports twice what was set (the kernel's bookkeeping share);
+        # half of that is what one write gets through.
+        return max(1 << 16, sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) // 2)
+    except OSError:
+        return 1 << 16
+
+
+def send_frame(sock: socket.socket, kind: int, body: bytes) -> None:
+    header = HEADER.pack(kind, len(body))
+    if len(body) < SMALL_FRAME:
+        sock.sendall(header + body)
+    else:
+        sock.sendall(header)
+        sock.sendall(body)
+
+
+def recv_exact(sock: socket.socket, size: int) -> bytearray | None:
+    buf = bytearray(size)
+    view = memoryview(buf)
+    got = 0
+    while got < size:
+        n = sock.recv_into(view[got:])
+        if n == 0:
+            return None
+        got += n
+    return buf
+
+
+def recv_frame(sock: socket.socket) -> tuple[int, bytearray] | None:
+    """The next frame, or None once the driver has closed the socket."""
+    head = recv_exact(sock, HEADER.size)
+    if head is None:
+        return None
+    kind, size = HEADER.unpack(head)
+    body = recv_exact(sock, size) if size else bytearray()
+    if body is None:
+        return None
+    return kind, body
+
+
+class FrameReader:
+    """The driver's side: splits a non-blocking socket's bytes into frames."""
+
+    __slots__ = ("_body", "_buf", "_got", "_kind", "_view")
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._body: bytearray | None = None  # a large body being received in place
+        self._view = memoryview(b"")
+        self._got = 0
+        self._kind = 0
+
+    def read(self, sock: socket.socket,
+             drain: bool = False) -> tuple[list[tuple[int, bytearray]], bool]:
+        """Complete frames readable now, and whether the peer closed.
+
+        Stops after ``_READS_PER_CALL`` reads so that one chatty worker cannot
+        hold the hub (the selector reports the rest); ``drain``: read it all.
+        """
+        frames: list[tuple[int, bytearray]] = []
+        for _ in itertools.count() if drain else range(_READS_PER_CALL):
+            try:
+                if self._body is not None:
+                    n = sock.recv_into(self._view[self._got :])
+                    data = b""
+                else:
+                    data = sock.recv(_READ_SIZE)
+                    n = len(data)
+            except (BlockingIOError, InterruptedError):
+                return frames, False
+            except OSError:
+                return frames, True  # ECONNRESET and the like: the worker is gone
+            if n == 0:
+                return frames, True
+            if self._body is not None:
+                self._got += n
+                if self._got == len(self._body):
+                    frames.append((self._kind, self._body))
+                    self._body = None
+                    self._view = memoryview(b"")
+                continue
+            self._buf += data
+            self._split(frames)
+        return frames, False
+
+    def _split(self, frames: list[tuple[int, bytearray]]) -> None:
+        buf = self._buf
+        pos = 0
+        head = HEADER.size
+        while len(buf) - pos >= head:
+            kind, size = HEADER.unpack_from(buf, pos)
+            end = pos + head + size
+            if end <= len(buf):
+                frames.append((kind, buf[pos + head : end]))
+                pos = end
+                continue
+            if size > _READ_SIZE:  # receive the rest straight into the body's own buffer
+                body = bytearray(size)
+                have = len(buf) - pos - head
+                body[:have] = buf[pos + head :]
+                self._body, self._view, self._got, self._kind = body, memoryview(body), have, kind
+                pos = len(buf)
+            break
+        del buf[:pos]
+
+
+
+class FrameWriter:
+    """The driver's side: frames queued for a non-blocking socket, in order."""
+
+    __slots__ = ("_out",)
+
+    def __init__(self) -> None:
+        self._out: deque[memoryview] = deque()
+
+    def __bool__(self) -> bool:
+        return bool(self._out)
+
+    def put(self, kind: int, body: bytes) -> None:
+        header = HEADER.pack(kind, len(body))
+        if len(body) < SMALL_FRAME:
+            self._out.append(memoryview(header + body))
+        else:
+            self._out.append(memoryview(header))
+            self._out.append(memoryview(body))
+
+    def flush(self, sock: socket.socket) -> None:
+        """Write what the socket takes now; the rest waits for the next call.
+
+        A socket that fails (the worker is gone) drops everything: how the
+        worker ended comes from the fork server.
+        """
+        out = self._out
+        while out:
+            head = out[0]
+            try:
+                n = sock.send(head)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                out.clear()
+                return
+            if n < len(head):
+                out[0] = head[n:]
+                return
+            out.popleft()
+
+    def clear(self) -> None:
+        self._out.clear()
+
+
+class ControlReader:
+    """The driver's side of the control socket: whole records, with their fds.
+
+    Reads at most one record per call, so that a SPAWNED record's socket fd
+    (SCM_RIGHTS) is never mixed up with the next record's.
+    """
+
+    __slots__ = ("_buf", "_fds")
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._fds: list[int] = []
+
+    def read(self, sock: socket.socket) -> tuple[int, int, int, list[int]] | None:
+        """``(op, a, b, fds)``, or ``(0, 0, 0, [])`` if the record is not whole yet.
+
+        Returns None once the fork server has closed its end (any fd received
+        with a partial record is closed).
+        """
+        try:
+            data, fds, _, _ = socket.recv_fds(sock, RECORD.size - len(self._buf), 1)
+        except OSError:
+            data, fds = b"", []
+        self._fds.extend(fds)
+        if not data:
+            for fd in self._fds:
+                os.close(fd)
+            self._fds.clear()
+            return None
+        self._buf += data
+        if len(self._buf) < RECORD.size:
+            return 0, 0, 0, []
+        op, a, b = RECORD.unpack(self._buf)
+        self._buf.clear()
+        fds, self._fds = self._fds, []
+        return op, a, b, fds
