@@ -29,7 +29,7 @@ from shoal._options import Options
 from shoal._results import BatchReport, ItemResult
 
 #: chunk size of the inline backend once auto has chosen it for tiny items
-TINY_CHUNK = 1024
+TINY_CHUNK = 4096
 
 
 def _iterate(items: Iterable[Any]) -> Iterator[Any]:

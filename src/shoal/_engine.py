@@ -158,7 +158,7 @@ class Engine:
             limit = self._opts.max_in_flight or max_in_flight
             self._max_in_flight = max(limit, chunk_size)
 
-    def adapt_chunks(self, target_seconds: float, workers: int, cap: int = 1024) -> None:
+    def adapt_chunks(self, target_seconds: float, workers: int, cap: int = 16384) -> None:
         """Size chunks from measured item time: each task should take about
         ``target_seconds``, so tiny items stop paying a per-task cost each."""
         with self._lock:
