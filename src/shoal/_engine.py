@@ -158,9 +158,16 @@ class Engine:
             limit = self._opts.max_in_flight or max_in_flight
             self._max_in_flight = max(limit, chunk_size)
 
-    def adapt_chunks(self, target_seconds: float, workers: int, cap: int = 16384) -> None:
+    def adapt_chunks(self, target_seconds: float, workers: int, cap: int | None = None) -> None:
         """Size chunks from measured item time: each task should take about
-        ``target_seconds``, so tiny items stop paying a per-task cost each."""
+        ``target_seconds``, so tiny items stop paying a per-task cost each.
+
+        ``cap`` bounds a chunk; by default 16,384 items shared out among the
+        workers (at least 1,024 each), because the window of items in flight
+        grows with chunks x workers and must stay small in memory.
+        """
+        if cap is None:
+            cap = max(1024, 16384 // max(1, workers))
         with self._lock:
             self._adaptive = (target_seconds, workers, cap)
 
