@@ -69,6 +69,20 @@ def test_parts_of_a_task_reported_out_of_order_are_delivered_in_order() -> None:
     assert task.closed and eng.acquire() is None and eng.finished()
 
 
+@pytest.mark.parametrize(("workers", "cap"), [(1, 16384), (4, 4096), (32, 1024)])
+def test_adaptive_chunks_share_one_cap_among_the_workers(workers: int, cap: int) -> None:
+    """Tiny items grow chunks, but chunks x workers stays bounded (memory)."""
+    eng = make(range(10**6), Clock())
+    eng.adapt_chunks(0.002, workers)
+    first = eng.acquire()
+    assert isinstance(first, Task) and len(first.items) == 1
+    eng.complete(first, Outcome([0], None, 1e-8, "w"))  # 10 ns an item: wants 200,000
+    eng.take()
+    grown = eng.acquire()
+    assert isinstance(grown, Task)
+    assert len(grown.items) == cap
+
+
 def test_chunks_are_consecutive_and_bounded() -> None:
     eng = make(range(10), Clock(), chunk=4)
     sizes = []
