@@ -205,3 +205,21 @@ def test_broken_source_stops_the_run() -> None:
 
 def test_wait_for_signal_is_infinite() -> None:
     assert math.isinf(WAIT_FOR_SIGNAL)
+
+
+def test_a_range_is_sliced_into_range_chunks_and_failed_items_keep_their_value() -> None:
+    """A range input is never materialised: each task holds a slice of it."""
+    options = Options.from_kwargs("collect_errors", {})
+    eng = Engine(range(10, 20), options, chunk_size=4, max_in_flight=64, clock=Clock())
+    tasks = [eng.acquire() for _ in range(3)]
+    assert [t.items for t in tasks if isinstance(t, Task)] == [
+        range(10, 14), range(14, 18), range(18, 20)]
+    assert eng.exhausted and eng.acquire() == WAIT_FOR_SIGNAL  # all pulled, all in flight
+    t0, t1, t2 = tasks  # type: ignore[misc]
+    eng.complete(t0, ok([0, 1, 2, 3]))
+    eng.complete(t1, Outcome([4, None, 6, 7], {1: ValueError("15")}, 0.04, "w"))
+    eng.complete(t2, ok([8, 9]))
+    got = results(eng)
+    assert [r.item for r in got] == list(range(10, 20))
+    assert [r.index for r in got if not r.ok] == [5] and got[5].item == 15
+    assert eng.finished()

@@ -80,8 +80,8 @@ class Run:
         max_in_flight = opts.max_in_flight or (
             self.backend.default_max_in_flight(chunk) if self.backend else max(64, 4 * chunk))
         self.store: ResultStore | None = _open_store(opts.checkpoint, fn)
-        self.engine = Engine(source, opts, chunk_size=chunk, max_in_flight=max_in_flight,
-                             store=self.store)
+        self.engine = Engine(items if type(items) is range else source, opts,
+                             chunk_size=chunk, max_in_flight=max_in_flight, store=self.store)
         self.observers: list[RunObserver] = []
         if opts.progress:
             from shoal._progress import make_progress

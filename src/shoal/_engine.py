@@ -32,7 +32,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,7 +57,7 @@ class Task:
     """
 
     start: int
-    items: list[Any]
+    items: Sequence[Any]  # a list; a range when the input is a range
     attempt: int
     seq: int
     started: float = 0.0
@@ -84,7 +84,7 @@ class Segment:
     start: int
     count: int
     results: list[ItemResult[Any]] | None = None
-    items: list[Any] = field(default_factory=list)
+    items: Sequence[Any] = field(default_factory=list)
     values: list[Any] = field(default_factory=list)
     attempt: int = 1
     per_item: float = 0.0
@@ -108,7 +108,7 @@ class Engine:
 
     def __init__(
         self,
-        items: Iterator[Any],
+        items: Iterator[Any] | range,
         options: Options,
         *,
         chunk_size: int,
@@ -117,7 +117,10 @@ class Engine:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._lock = threading.Lock()
-        self._source = items
+        self._source = iter(items)
+        # A range is sliced rather than iterated: a chunk of it is a range,
+        # which costs nothing to make or to free and pickles in a few bytes.
+        self._range = items if type(items) is range and store is None else None
         self._opts = options
         self._chunk = chunk_size
         self._max_in_flight = max(max_in_flight, chunk_size)
@@ -255,19 +258,23 @@ class Engine:
         store = self._store
         if store is None:
             # Fast path: one C-level call per chunk, not a Python step per item.
-            try:
-                items = list(itertools.islice(self._source, self._chunk))
-            except Exception as exc:  # the user's iterator broke: the run must say so
-                return self._broken_source(exc)
-            n = len(items)
+            chunk: Sequence[Any]
+            if self._range is not None:
+                chunk = self._range[start : start + self._chunk]
+            else:
+                try:
+                    chunk = list(itertools.islice(self._source, self._chunk))
+                except Exception as exc:  # the user's iterator broke: the run must say so
+                    return self._broken_source(exc)
+            n = len(chunk)
             self._next_index += n
             self._outstanding += n
             settled = False
-            if n < self._chunk:  # islice stops short only at the end of the input
+            if n < self._chunk:  # a chunk is short only at the end of the input
                 self._exhausted = True
                 settled = True  # the consumer may be waiting to learn the run is over
-            return (Task(start, items, 1, next(self._seq)) if items else None), settled
-        items = []
+            return (Task(start, chunk, 1, next(self._seq)) if chunk else None), settled
+        items: list[Any] = []
         settled = False
         try:
             for item in self._source:

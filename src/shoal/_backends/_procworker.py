@@ -56,7 +56,7 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from shoal._backends._wire import (
@@ -110,7 +110,7 @@ def _run_worker(sock: socket.socket, payload: bytes) -> None:
             return  # the driver closed the socket: retire
         kind, body = frame
         try:
-            items: list[Any] = pickle.loads(body)
+            items: Sequence[Any] = pickle.loads(body)
         except Exception as exc:
             _fail_unreadable(sock, exc)
             continue

@@ -25,6 +25,7 @@ import socket
 import struct
 import traceback
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 import cloudpickle
@@ -156,7 +157,7 @@ def worker_payload(fn: object, initializer: object, initargs: tuple[Any, ...]) -
     return pickle.dumps((fn_blob, init_blob), PICKLE_PROTOCOL)
 
 
-def pickle_items(items: list[Any], first_index: int,
+def pickle_items(items: Sequence[Any], first_index: int,
                   by_value: bool) -> tuple[int, bytes, NotPicklable | None]:
     """Pickle the longest prefix of ``items`` that pickles.
 
