@@ -236,3 +236,14 @@ def test_public_aggregate_module() -> None:
     stats = aggregate.describe(report)
     assert (stats.count, stats.min, stats.max) == (5, 1, 10000)
     assert [o.item for o in aggregate.outliers_iqr(report)] == [100]
+
+
+def test_import_shoal_stays_light() -> None:
+    """``import shoal`` loads no event loop machinery, sqlite3 or cloudpickle."""
+    code = ("import sys, shoal; "
+            "print(sorted(m for m in ('asyncio', 'sqlite3', 'cloudpickle', "
+            "'concurrent.futures', 'multiprocessing') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
+    assert callable(shoal.open_checkpoint) and shoal.ProgressEvent.__name__ == "ProgressEvent"

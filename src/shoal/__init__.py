@@ -12,9 +12,11 @@ limits, bounded memory, progress and checkpoint/resume::
 
 from __future__ import annotations
 
+import importlib as _importlib
+import typing as _typing
+
 from shoal._api import aimap, amap, arun_batch, imap, map, run
 from shoal._bridge import arun
-from shoal._checkpoint import open_checkpoint
 from shoal._errors import (
     BackendUnavailable,
     BatchInterrupted,
@@ -28,13 +30,34 @@ from shoal._errors import (
     WorkerCrashed,
 )
 from shoal._options import Options
-from shoal._progress import ProgressEvent
 from shoal._ratelimit import RateLimit
 from shoal._results import BatchReport, ItemResult
 from shoal._retry import RetryPolicy
 from shoal._split import iter_batches, merge, split
 
 __version__ = "0.1.0"
+
+if _typing.TYPE_CHECKING:
+    from shoal._checkpoint import open_checkpoint
+    from shoal._progress import ProgressEvent
+
+# Imported on first use, so that ``import shoal`` stays light (the checkpoint
+# store brings sqlite3 and cloudpickle; progress brings its renderers).
+_LAZY = {"open_checkpoint": "shoal._checkpoint", "ProgressEvent": "shoal._progress"}
+
+
+def __getattr__(name: str) -> _typing.Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'shoal' has no attribute {name!r}")
+    value = getattr(_importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "BackendUnavailable",

@@ -8,7 +8,6 @@ the streaming ``imap``.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
@@ -166,6 +165,8 @@ async def aimap(
 
 
 async def _amap(batch: Run) -> list[Any]:
+    import asyncio  # loaded already: this runs on a loop
+
     out: list[Any] = []
     try:
         async for segs in batch.asegments():
@@ -182,6 +183,8 @@ async def _amap(batch: Run) -> list[Any]:
 
 
 async def _arun_report(batch: Run) -> BatchReport[Any]:
+    import asyncio  # loaded already: this runs on a loop
+
     try:
         async for segs in batch.asegments():
             batch.deliver(segs, keep=True)

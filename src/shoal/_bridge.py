@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import queue
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any, TypeVar
@@ -21,6 +21,9 @@ class _Raised:
 
 
 def in_running_loop() -> bool:
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is None:  # never imported, so no loop can be running
+        return False
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -38,6 +41,8 @@ def arun(coro: Coroutine[Any, Any, T]) -> T:
     Raises:
         BaseException: whatever the coroutine raised.
     """
+    import asyncio
+
     if not in_running_loop():
         return asyncio.run(coro)
     box: dict[str, Any] = {}
@@ -65,6 +70,8 @@ def iterate_in_thread(
     through a bounded queue (so a slow consumer holds the producer back). When
     the consumer stops early the async iterator is cancelled and closed.
     """
+    import asyncio
+
     q: queue.Queue[Any] = queue.Queue(maxsize=maxsize)
     stop = threading.Event()
     loop_box: dict[str, Any] = {}

@@ -9,7 +9,6 @@ once. An ``async def`` function gets an event loop of its own per worker thread
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
 import threading
@@ -17,7 +16,10 @@ import time
 import types
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import asyncio
 
 _local = threading.local()
 _COROUTINE = types.CoroutineType
@@ -53,6 +55,8 @@ def is_async_callable(fn: Callable[..., Any]) -> bool:
 def _thread_loop() -> asyncio.AbstractEventLoop:
     loop: asyncio.AbstractEventLoop | None = getattr(_local, "loop", None)
     if loop is None or loop.is_closed():
+        import asyncio
+
         loop = asyncio.new_event_loop()
         _local.loop = loop
     return loop
@@ -75,8 +79,9 @@ def run_awaitable(aw: Awaitable[Any]) -> Any:
     On a thread whose loop is already running (sync code called from a
     notebook cell), the awaitable runs on a helper thread instead.
     """
-    if asyncio._get_running_loop() is not None:
-        from shoal._bridge import arun
+    from shoal._bridge import arun, in_running_loop
+
+    if in_running_loop():
 
         async def wrap() -> Any:
             return await aw

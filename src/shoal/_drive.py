@@ -9,7 +9,6 @@ out twice: blocking (``segments``) and awaiting (``asegments``).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import importlib.util
@@ -295,6 +294,8 @@ class Run:
 
     async def asegments(self) -> AsyncGenerator[list[Segment], None]:
         """``segments`` for a coroutine consumer; never blocks the loop."""
+        import asyncio
+
         engine = self.engine
         loop = asyncio.get_running_loop()
         loop_thread = threading.get_ident()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from typing import TYPE_CHECKING
@@ -43,6 +42,8 @@ class SequentialBackend(InlineBackend):
         if got is None:
             return
         if isinstance(got, float):
+            import asyncio
+
             _check_finite(got)
             await asyncio.sleep(got)
             return
