@@ -111,8 +111,6 @@ def test_a_slow_item_does_not_hold_back_the_others(concurrent_opts: dict[str, An
     own unit; asyncio keeps its default lot, which still hands out one item
     per worker.
     """
-    if concurrent_opts["backend"] == "processes":
-        pytest.xfail("a process worker is sent its next task before it is free (prefetch)")
     asy = concurrent_opts["backend"] == "asyncio"
     fn = workfns.asleep_then_return if asy else workfns.sleep_then_return
     opts = concurrent_opts if asy else {**concurrent_opts, "chunk_size": 1}

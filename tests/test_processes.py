@@ -25,8 +25,9 @@ import psutil
 import pytest
 
 import shoal
-from shoal._backends._processes import ChunkSizer
+from shoal._backends._chunk_sizer import ChunkSizer
 from shoal._backends._procworker import describe_exit, fork_is_safe
+from shoal._backends._wire import Claims, claim_pipe, put_ticket, take_ticket
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX only")
 
@@ -573,3 +574,22 @@ def test_auto_chooses_processes_for_cpu_bound_work() -> None:
     report = shoal.run(burn, [5.0] * 60)
     assert report.backend == "processes"
     assert "CPU" in report.backend_reason
+
+
+def test_claims_skip_a_chunk_whose_ticket_the_driver_took_back() -> None:
+    read_end, write_end = claim_pipe()
+    try:
+        claims = Claims(read_end)
+        for ticket in (1, 2, 3):
+            put_ticket(write_end, ticket)
+        assert claims.claim_next()  # chunk 1: its ticket is there
+        assert take_ticket(read_end) == 2  # the driver steals chunk 2
+        assert not claims.claim_next()  # chunk 2: the worker finds ticket 3 and keeps it
+        assert take_ticket(read_end) is None  # so the driver cannot steal chunk 3 now
+        assert claims.claim_next()  # chunk 3 runs
+        put_ticket(write_end, 4)
+        assert take_ticket(read_end) == 4
+        assert not claims.claim_next()  # chunk 4: no ticket left, stolen
+    finally:
+        os.close(read_end)
+        os.close(write_end)

@@ -31,14 +31,19 @@ results died with the worker); an item that crashed once and not again fails
 nothing.
 
 **Chunking.** With ``chunk_size="auto"`` the first chunks hold one item; from
-the measured item time ``ChunkSizer`` grows them towards ~20 ms of work while
-keeping, when the number of items is known, four chunks per worker of what
-remains, so the last chunks finish together, and keeping each chunk's pickle
-small enough to sit whole in the worker socket's buffer (asked for 1 MiB each
-way). Without a timeout each worker has one chunk queued behind the running
-one, so it never waits for the driver, and it writes its results without
-waiting for the driver to read them. Tiny items cost the driver one pickle of
-the chunk and one unpickle of its results; values stay in the engine's
+the measured item time ``ChunkSizer`` (``_chunk_sizer.py``) grows them
+towards ~20 ms of work while keeping, when the number of items is known, four
+chunks per worker of what remains, so the last chunks finish together, and
+keeping each chunk's pickle small enough to sit whole in the worker socket's
+buffer (asked for 1 MiB each way). Without a timeout each worker has one
+chunk queued behind the running one, so it never waits for the driver, and it
+writes its results without waiting for the driver to read them. A queued
+chunk never waits behind a slow one while a worker is idle: a worker that goes
+idle when the engine has nothing to hand out *steals* a chunk queued behind a
+busy worker, if that worker has not started it (the claim pipe in
+``_wire.py`` decides, without either side waiting), and runs it instead.
+Tiny items cost the driver one pickle of the chunk and one unpickle of its
+results; values stay in the engine's
 columns, with no per-item object. For them the driver is the bottleneck:
 pulling items, pickling and unpickling (about 100 ns an item) and, while the
 fork server shares its pages, copy-on-write faults.
@@ -57,6 +62,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from shoal._backends._base import Backend, cpu_count
+from shoal._backends._chunk_sizer import ChunkSizer
 from shoal._backends._procworker import ForkServerHandle, describe_exit, start_fork_server
 from shoal._backends._wire import (
     BATCH_DONE,
@@ -82,6 +88,8 @@ from shoal._backends._wire import (
     load_error,
     load_result,
     pickle_items,
+    put_ticket,
+    take_ticket,
     with_remote_traceback,
     worker_payload,
 )
@@ -103,65 +111,12 @@ CANCEL_EXIT_SECONDS = 1.0
 WorkerState = Literal["live", "retiring", "killed"]
 
 
-class ChunkSizer:
-    """Chunk sizes for ``chunk_size="auto"`` from measured item time.
-
-    A pure policy (no clock, no I/O) fed the seconds each report took in the
-    worker. From one item it aims at ``TARGET_SECONDS`` of work per chunk,
-    growing at most ``GROWTH``-fold per report (first measurements are noisy)
-    but always allowed straight to ``MIN_SECONDS`` of measured work, so tiny
-    items reach full-size chunks in two reports. With a known total it keeps
-    ``CHUNKS_PER_WORKER`` chunks per worker of what remains (guided: the last
-    chunks finish together), never below ``MIN_SECONDS``. A chunk's pickle,
-    in or out, stays under ``max_frame_bytes`` (the socket buffer), so neither
-    side waits for the other to read.
-    """
-
-    TARGET_SECONDS = 0.02
-    MIN_SECONDS = 0.002
-    GROWTH = 8
-    CHUNKS_PER_WORKER = 4
-    DECAY = 0.5  # weight of the past at each report
-
-    def __init__(self, workers: int, total: int | None, max_frame_bytes: int = 1 << 17) -> None:
-        self.size = 1
-        self._workers = workers
-        self.total = total  # items this backend will be handed, when known
-        self.max_frame_bytes = max_frame_bytes
-        self._items = 0.0
-        self._seconds = 0.0
-
-    def observe(self, items: int, seconds: float, pulled: int, item_bytes: float = 0.0) -> bool:
-        """Record that ``items`` items took ``seconds``; True when ``size`` changed.
-
-        ``pulled``: how many of ``total`` the engine has handed out so far;
-        ``item_bytes``: pickled bytes per item, of the larger of items and results.
-        """
-        if items <= 0:
-            return False
-        self._items = self._items * self.DECAY + items
-        self._seconds = self._seconds * self.DECAY + seconds
-        per_item = max(self._seconds / self._items, 1e-8)
-        floor = self.MIN_SECONDS / per_item
-        want = self.TARGET_SECONDS / per_item
-        if self.total is not None:
-            remaining = max(self.total - pulled, 0)
-            want = min(want, remaining / (self.CHUNKS_PER_WORKER * self._workers))
-        want = min(max(want, floor, 1.0), max(self.size * self.GROWTH, floor))
-        if item_bytes > 0:
-            want = min(want, self.max_frame_bytes / item_bytes)
-        new = max(1, int(want + 0.5))
-        if new == self.size or abs(new - self.size) < 0.2 * self.size:
-            return False
-        self.size = new
-        return True
-
-
 @dataclass(slots=True, eq=False)
 class _Sent:
     """Items of one task sent to a worker in one frame."""
 
     task: Task
+    ticket: int  # its number on the worker, in the claim pipe until the worker starts it
     count: int  # items sent (from task.done at sending time) and not yet reported
     stream: bool  # the worker reports each item as it finishes
     release_rest: bool  # after these items, give the task's unsent items back
@@ -170,13 +125,17 @@ class _Sent:
 class _Worker:
     """The driver's view of one worker process. Owned by the hub thread."""
 
-    __slots__ = ("events", "label", "out", "pid", "quota", "reader", "ready", "sends",
-                 "sock", "state")
+    __slots__ = ("claim_r", "claim_w", "claimed", "events", "label", "out", "pid", "quota",
+                 "reader", "ready", "sends", "sock", "state", "tickets")
 
-    def __init__(self, pid: int, sock: socket.socket, quota: int | None) -> None:
+    def __init__(self, pid: int, sock: socket.socket, claim: tuple[int, int],
+                 quota: int | None) -> None:
         self.pid = pid
         self.label = f"pid:{pid}"
         self.sock: socket.socket | None = sock
+        self.claim_r, self.claim_w = claim  # both ends of its claim pipe (see _wire.py)
+        self.tickets = 0  # the last ticket issued
+        self.claimed = 0  # every ticket up to this one is known to be taken by the worker
         self.reader = FrameReader()
         self.out = FrameWriter()  # frames not yet written
         self.events = selectors.EVENT_READ
@@ -352,6 +311,8 @@ class ProcessBackend(Backend):
             if got is None:
                 return None
             if isinstance(got, float):
+                if not worker.sends and self._steal():
+                    continue  # the stolen chunk is the engine's again: hand it out
                 return None if math.isinf(got) else got
             if self._first < 0:
                 self._first = got.start
@@ -363,12 +324,37 @@ class ProcessBackend(Backend):
         for w in self._workers.values():
             if w.state != "live" or not w.ready or len(w.sends) >= self._depth:
                 continue
+            if w.sock is None:
+                continue  # its socket closed (it died): its fds may be another's by now
             if w.quota is not None and w.quota <= 0:
                 continue
             if not w.sends:
                 return w  # an idle worker first; queue behind a busy one only if none is idle
             best = best or w
         return best
+
+    def _steal(self) -> bool:
+        """Take back a chunk queued behind a busy worker's running one, if any
+        has not started yet; True if one did: the engine has it again."""
+        for w in self._workers.values():
+            if (w.state != "live" or w.sock is None or len(w.sends) < 2
+                    or w.sends[-1].ticket <= w.claimed):
+                continue
+            ticket = take_ticket(w.claim_r)
+            if ticket is None:  # the worker took every ticket: its chunks have started
+                w.claimed = w.sends[-1].ticket
+                continue
+            sent = next((s for s in w.sends if s.ticket == ticket), None)
+            if sent is None:
+                continue
+            w.sends.remove(sent)
+            if w.quota is not None:
+                w.quota += sent.count
+            if sent.stream and not self._stream_all:
+                self._suspects.add(sent.task.start + sent.task.done)  # still a suspect
+            self._engine.release(sent.task)
+            return True
+        return False
 
     def _send(self, w: _Worker, task: Task) -> None:
         """Send ``task``'s next items to ``w``: up to its quota, up to an unpicklable item."""
@@ -390,7 +376,10 @@ class ProcessBackend(Backend):
                 self._suspects.discard(task.start)
                 stream = True
             self._in_bytes = len(body) / sendable
-            w.sends.append(_Sent(task, sendable, stream, start + sendable < len(task.items)))
+            w.tickets += 1
+            put_ticket(w.claim_w, w.tickets)  # before the chunk: the worker looks for it then
+            w.sends.append(_Sent(task, w.tickets, sendable, stream,
+                                 start + sendable < len(task.items)))
             if w.quota is not None:
                 w.quota -= sendable
             self._write(w, RUN_STREAM if stream else RUN_BATCH, body)
@@ -485,6 +474,8 @@ class ProcessBackend(Backend):
             self._sel.unregister(w.sock)
             w.sock.close()
             w.sock = None
+            os.close(w.claim_r)
+            os.close(w.claim_w)
         w.out.clear()
 
     # -------------------------------------------------------- control events
@@ -521,7 +512,7 @@ class ProcessBackend(Backend):
         if op == OP_SPAWNED:
             sock = socket.socket(fileno=fds[0])
             sock.setblocking(False)
-            w = _Worker(b, sock, self.options.max_items_per_worker)
+            w = _Worker(b, sock, (fds[1], fds[2]), self.options.max_items_per_worker)
             if self._sizer is not None:
                 self._sizer.max_frame_bytes = frame_budget(sock)
             self._workers[b] = w

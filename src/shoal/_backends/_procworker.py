@@ -74,6 +74,8 @@ from shoal._backends._wire import (
     RECORD,
     RUN_BATCH,
     UNREADABLE,
+    Claims,
+    claim_pipe,
     dumps,
     encode_batch,
     portable_error,
@@ -92,7 +94,7 @@ _EXEC_SCRIPT = "from shoal._backends._procworker import serve_exec; serve_exec()
 
 
 # -------------------------------------------------------------------- worker
-def _run_worker(sock: socket.socket, payload: bytes) -> None:
+def _run_worker(sock: socket.socket, claim_fd: int, payload: bytes) -> None:
     try:
         fn_blob, init_blob = pickle.loads(payload)
         fn = pickle.loads(fn_blob)
@@ -104,10 +106,13 @@ def _run_worker(sock: socket.socket, payload: bytes) -> None:
         send_frame(sock, FATAL, dumps(portable_error(exc)))
         return
     send_frame(sock, READY, b"")
+    claims = Claims(claim_fd)
     while True:
         frame = recv_frame(sock)
         if frame is None:
             return  # the driver closed the socket: retire
+        if not claims.claim_next():
+            continue  # taken back for an idle worker: the driver expects no answer
         kind, body = frame
         try:
             items: Sequence[Any] = pickle.loads(body)
@@ -132,7 +137,7 @@ def _fail_unreadable(sock: socket.socket, exc: Exception) -> None:
     send_frame(sock, UNREADABLE, dumps(portable_error(error)))
 
 
-def worker_main(sock: socket.socket, payload: bytes) -> NoReturn:
+def worker_main(sock: socket.socket, claim_fd: int, payload: bytes) -> NoReturn:
     """Run a worker until its socket closes; never returns.
 
     ``SystemExit`` raised by ``fn`` ends the worker with that exit code, like
@@ -140,7 +145,7 @@ def worker_main(sock: socket.socket, payload: bytes) -> NoReturn:
     """
     code = 0
     try:
-        _run_worker(sock, payload)
+        _run_worker(sock, claim_fd, payload)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     except ConnectionError:  # the driver closed our socket (EPIPE, ECONNRESET)
@@ -250,16 +255,20 @@ class _ForkServer:
 
     def spawn(self, token: int) -> None:
         ours, theirs = worker_socketpair()
+        claim_r, claim_w = claim_pipe()
         try:
             pid = os.fork()
         except OSError as exc:
             ours.close()
             theirs.close()
+            os.close(claim_r)
+            os.close(claim_w)
             self.send(OP_SPAWN_FAILED, token, exc.errno or 0)
             return
         if pid == 0:  # the worker
             try:
                 ours.close()
+                os.close(claim_w)
                 self.control.close()
                 signal.set_wakeup_fd(-1)
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -269,15 +278,17 @@ class _ForkServer:
                     self.arm_parent_death()
                 if os.getppid() != self.pid:
                     os._exit(0)  # the server died before the signal was armed
-                worker_main(theirs, self.payload)
+                worker_main(theirs, claim_r, self.payload)
             finally:
                 os._exit(70)
         theirs.close()
         self.children.add(pid)
         try:
-            self.send(OP_SPAWNED, token, pid, [ours.fileno()])
+            self.send(OP_SPAWNED, token, pid, [ours.fileno(), claim_r, claim_w])
         finally:
             ours.close()
+            os.close(claim_r)
+            os.close(claim_w)
 
     def reap(self) -> None:
         while self.children:

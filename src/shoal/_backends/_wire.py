@@ -1,14 +1,22 @@
 """The wire of ``backend="processes"``: framing and pickling of every message.
 
-Two kinds of connection, both Unix stream sockets:
+Two kinds of connection, both Unix stream sockets, and a pipe:
 
 * control socket, driver <-> fork server: fixed-size ``RECORD`` s
-  ``(op, a, b)``. A new worker's socket travels with its ``SPAWNED`` record as
-  SCM_RIGHTS; reading one record at a time keeps the fd with its record.
+  ``(op, a, b)``. A new worker's socket and claim pipe travel with its
+  ``SPAWNED`` record as SCM_RIGHTS; reading one record at a time keeps the
+  fds with their record.
 * worker socket, driver <-> worker: frames ``HEADER (kind, length)`` + a
   pickle. The worker reads and writes them blocking (``send_frame``,
   ``recv_frame``); the driver's hub, on non-blocking sockets, splits what it
   reads with a ``FrameReader`` and queues what it writes in a ``FrameWriter``.
+* claim pipe, one per worker, whose read end both the driver and the worker
+  hold: for every chunk it sends, the driver first writes the chunk's
+  *ticket* (its number on that worker) into the pipe. Before running a chunk
+  the worker takes its ticket out; a ticket the driver took back first means
+  the chunk was stolen for an idle worker, and the worker skips it without a
+  word. A pipe read is atomic, so exactly one side gets each ticket: neither
+  waits for the other, and a chunk never runs twice or not at all.
 
 Serialization: protocol 5, the C pickler first and cloudpickle when it fails.
 What cannot be pickled fails its own item with ``NotPicklable``: a chunk is
@@ -40,7 +48,7 @@ OP_SPAWN = 1  # (token, 0): fork a worker
 OP_KILL = 2  # (pid, 0): SIGKILL that worker, if it is still ours
 OP_QUIT = 3  # (kill, 0): exit once every worker has ended; kill=1: SIGKILL them first
 # fork server -> driver
-OP_SPAWNED = 11  # (token, pid) + the driver's end of the worker's socket
+OP_SPAWNED = 11  # (token, pid) + fds: the driver's end of the worker's socket, its claim pipe
 OP_SPAWN_FAILED = 12  # (token, errno)
 OP_EXITED = 13  # (pid, exitcode): negative for a signal, as in multiprocessing
 
@@ -60,6 +68,8 @@ SMALL_FRAME = 1 << 16  # below this, header and body go out in one write
 SOCKET_BUFFER = 1 << 20
 _READ_SIZE = 1 << 18
 _READS_PER_CALL = 32
+
+TICKET = struct.Struct("=Q")  # 8 bytes: under PIPE_BUF, so written and read whole
 
 RemoteError = tuple[BaseException, str]
 
@@ -213,6 +223,51 @@ def load_error(body: bytearray) -> BaseException:
             f"{type(exc).__name__}: {exc}"
         )
     return with_remote_traceback(error)
+
+
+# ---------------------------------------------------------------- claim pipe
+def claim_pipe() -> tuple[int, int]:
+    """A worker's claim pipe (read end, write end); reads never block."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)  # the flag is the pipe's: the worker's reads too
+    return read_end, write_end
+
+
+def put_ticket(write_end: int, ticket: int) -> None:
+    """Issue ``ticket``; the driver does it before it sends the chunk."""
+    os.write(write_end, TICKET.pack(ticket))  # at most a few unclaimed: never full
+
+
+def take_ticket(read_end: int) -> int | None:
+    """The oldest ticket nobody has taken yet, or None."""
+    try:
+        data = os.read(read_end, TICKET.size)
+    except BlockingIOError:
+        return None
+    return TICKET.unpack(data)[0] if len(data) == TICKET.size else None
+
+
+class Claims:
+    """The worker's side of the claim pipe: may it run the chunk it just read?"""
+
+    __slots__ = ("_held", "_read_end", "_received")
+
+    def __init__(self, read_end: int) -> None:
+        self._read_end = read_end
+        self._received = 0  # chunks read from the socket; the last one's ticket is this
+        self._held = 0  # the highest ticket taken out of the pipe
+
+    def claim_next(self) -> bool:
+        """True: run the chunk just received; False: the driver took it back."""
+        self._received += 1
+        while self._held < self._received:
+            ticket = take_ticket(self._read_end)
+            if ticket is None:
+                break  # its ticket was issued before the chunk: the driver has it
+            self._held = ticket
+        # Tickets come out in order: one past ours (held for a later chunk) or
+        # none left both mean the driver took ours.
+        return self._held == self._received
 
 
 # ----------------------------------------------------------------- frame I/O
@@ -390,8 +445,8 @@ class FrameWriter:
 class ControlReader:
     """The driver's side of the control socket: whole records, with their fds.
 
-    Reads at most one record per call, so that a SPAWNED record's socket fd
-    (SCM_RIGHTS) is never mixed up with the next record's.
+    Reads at most one record per call, so that a SPAWNED record's fds
+    (SCM_RIGHTS) are never mixed up with the next record's.
     """
 
     __slots__ = ("_buf", "_fds")
@@ -407,7 +462,7 @@ class ControlReader:
         with a partial record is closed).
         """
         try:
-            data, fds, _, _ = socket.recv_fds(sock, RECORD.size - len(self._buf), 1)
+            data, fds, _, _ = socket.recv_fds(sock, RECORD.size - len(self._buf), 3)
         except OSError:
             data, fds = b"", []
         self._fds.extend(fds)
