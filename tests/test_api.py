@@ -191,14 +191,43 @@ def test_all_is_complete_and_sorted() -> None:
 
 
 def test_import_is_light() -> None:
+    """Each heavy module is imported by the first run that needs it, not by ``import shoal``."""
     code = (
         "import sys, shoal\n"
-        "heavy = ['multiprocessing', 'numpy', 'dask', 'distributed', 'pandas', 'ray']\n"
+        "heavy = ['multiprocessing', 'numpy', 'dask', 'distributed', 'pandas', 'ray',\n"
+        "         'asyncio', 'concurrent.futures', 'sqlite3', 'cloudpickle']\n"
         "print([m for m in heavy if m in sys.modules])\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
+    assert callable(shoal.open_checkpoint) and shoal.ProgressEvent.__name__ == "ProgressEvent"
+
+
+def test_ctrl_c_while_the_backend_starts_still_shuts_it_down(monkeypatch: Any) -> None:
+    from shoal._backends._threads import ThreadBackend
+
+    shutdowns: list[bool] = []
+    start, shutdown = ThreadBackend.start, ThreadBackend.shutdown
+
+    def start_then_ctrl_c(self: ThreadBackend, engine: Any) -> None:
+        start(self, engine)
+        raise KeyboardInterrupt
+
+    def recorded_shutdown(self: ThreadBackend, cancel: bool) -> None:
+        shutdowns.append(cancel)
+        shutdown(self, cancel)
+
+    monkeypatch.setattr(ThreadBackend, "start", start_then_ctrl_c)
+    monkeypatch.setattr(ThreadBackend, "shutdown", recorded_shutdown)
+    before = threading.active_count()
+    with pytest.raises(shoal.BatchInterrupted):
+        shoal.map(workfns.square, range(100), backend="threads", workers=3)
+    assert shutdowns == [True]
+    deadline = time.monotonic() + 5
+    while threading.active_count() > before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert threading.active_count() == before  # the workers it started have ended
 
 
 def test_auto_falls_back_to_threads_when_fn_cannot_be_pickled() -> None:
@@ -237,13 +266,3 @@ def test_public_aggregate_module() -> None:
     assert (stats.count, stats.min, stats.max) == (5, 1, 10000)
     assert [o.item for o in aggregate.outliers_iqr(report)] == [100]
 
-
-def test_import_shoal_stays_light() -> None:
-    """``import shoal`` loads no event loop machinery, sqlite3 or cloudpickle."""
-    code = ("import sys, shoal; "
-            "print(sorted(m for m in ('asyncio', 'sqlite3', 'cloudpickle', "
-            "'concurrent.futures', 'multiprocessing') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout
-    assert out.strip() == "[]"
-    assert callable(shoal.open_checkpoint) and shoal.ProgressEvent.__name__ == "ProgressEvent"

@@ -75,6 +75,7 @@ class Run:
             opts = dataclasses.replace(opts, workers=1)
             self.opts = opts
         self.backend: Backend | None = self._make_backend(name) if name else None
+        self.running: Backend | None = None  # the backend once its start() has begun
         chunk = self._chunk_size()
         max_in_flight = opts.max_in_flight or (
             self.backend.default_max_in_flight(chunk) if self.backend else max(64, 4 * chunk))
@@ -122,6 +123,7 @@ class Run:
         if target is not None and opts.chunk_size == "auto" and opts.timeout is None \
                 and opts.rate is None:
             self.engine.adapt_chunks(target, backend.workers)
+        self.running = backend  # before start(): a start cut short is shut down too
         backend.start(self.engine)
 
     def _start_observers(self) -> None:
@@ -276,9 +278,9 @@ class Run:
         engine = self.engine
         wake = threading.Event()
         engine.on_settled = wake.set
-        backend = self._begin()
         clean = False
         try:
+            backend = self._begin()
             for step in self._steps(backend, wake.clear):
                 if isinstance(step, _Deliver):
                     yield step.segments
@@ -290,7 +292,8 @@ class Run:
         finally:
             if not clean:
                 engine.stop()
-            backend.shutdown(cancel=not clean)
+            if self.running is not None:  # even when Ctrl-C came while it started
+                self.running.shutdown(cancel=not clean)
 
     async def asegments(self) -> AsyncGenerator[list[Segment], None]:
         """``segments`` for a coroutine consumer; never blocks the loop."""
@@ -316,9 +319,9 @@ class Run:
                 loop.call_soon_threadsafe(set_from_loop)
 
         engine.on_settled = on_settled
-        backend = self._begin()
         clean = False
         try:
+            backend = self._begin()
             for step in self._steps(backend, wake.clear):
                 if isinstance(step, _Deliver):
                     yield step.segments
@@ -331,11 +334,14 @@ class Run:
         finally:
             if not clean:
                 engine.stop()
-            if backend.runs_on_loop:
-                backend.shutdown(cancel=not clean)
-                await backend.aclose()  # type: ignore[attr-defined]
+            started = self.running  # even when cancelled while it started
+            if started is None:
+                pass
+            elif started.runs_on_loop:
+                started.shutdown(cancel=not clean)
+                await started.aclose()  # type: ignore[attr-defined]
             else:
-                await asyncio.shield(loop.run_in_executor(None, backend.shutdown, not clean))
+                await asyncio.shield(loop.run_in_executor(None, started.shutdown, not clean))
 
 
 @dataclasses.dataclass(slots=True)
