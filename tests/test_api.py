@@ -93,7 +93,8 @@ def test_ctrl_c_stops_and_keeps_finished_results(backend: str) -> None:
 
 def test_ctrl_c_in_a_real_process_exits_promptly() -> None:
     script = (
-        "import shoal, time\n"
+        "import shoal, signal, time\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"  # even if SIGINT is ignored
         "def slow(x):\n    time.sleep(0.2)\n    return x\n"
         "print('started', flush=True)\n"
         "try:\n"

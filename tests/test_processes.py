@@ -462,8 +462,12 @@ def test_no_child_process_after_all_or_nothing_stops_the_run() -> None:
 
 
 DRIVER_SCRIPT = """
-    import os, sys, threading, time
+    import os, signal, sys, threading, time
     import shoal
+
+    # Ctrl-C raises KeyboardInterrupt even if the test run was started with
+    # SIGINT ignored (a background job of a non-interactive shell).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def slow(x):
         os.write(1, b"started\\n")  # one write: the two workers' lines never interleave
