@@ -2,6 +2,7 @@
 
     python benchmarks/bench_dask.py            # full sizes (about two minutes)
     python benchmarks/bench_dask.py --quick    # smaller sizes, same shape
+    python benchmarks/bench_dask.py --only tiny --repeat 9   # one part, more rounds
 
 A two-worker ``LocalCluster`` (processes, one thread each, loopback) is started
 once, before any timing (its start-up, printed, is in no figure); every peer
@@ -16,12 +17,14 @@ against the expected list, the plain loop's too.
 2. Tiny items: 1,000,000 ``x * x`` on ``backend="dask"`` (auto chunking)
    against a plain loop (target: within 3x), in rounds of one call each
    (loop, then shoal both ways) so that load on the machine hits all alike.
-   ``address=`` is the plain call: each run connects a new client to the
-   scheduler (inside the figure) and closes it; shoal returns once the
-   results are in and finishes the closing (about 10 ms, mostly waiting on
-   the scheduler) on a thread of its own, so that part overlaps the next
-   timed call. ``backend_options={"client": ...}`` reuses the bench's open
-   client.
+   ``address=`` is the plain call: the bench's own client is not the
+   process's default (``set_as_default=False``), so shoal does not find a
+   client for that address and each run connects a new one to the scheduler
+   (inside the figure) and closes it; shoal returns once the results are in
+   and finishes the closing (about 10 ms, mostly waiting on the scheduler)
+   on a thread of its own, so that part overlaps the next timed call.
+   ``backend_options={"client": ...}`` reuses the bench's open client (as
+   ``address=`` would with a default client for that address).
    Raw ``client.map`` makes one future per item, so it runs on 20,000 items
    only and its time is extrapolated linearly to the full count (printed as
    such).
@@ -149,6 +152,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes")
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure (median)")
+    parser.add_argument("--only", choices=["cpu", "tiny"], help="run one part only")
     args = parser.parse_args()
     distributed: Any = importlib.import_module("distributed")  # untyped
     started = time.perf_counter()
@@ -158,12 +162,12 @@ def main() -> None:
     try:
         with distributed.Client(cluster, set_as_default=False) as client:
             address = cluster.scheduler_address
-            if args.quick:
-                bench_cpu(client, address, 100, args.repeat)
-                bench_tiny(client, address, 200_000, 5_000, args.repeat)
-            else:
-                bench_cpu(client, address, 400, args.repeat)
-                bench_tiny(client, address, 1_000_000, 20_000, args.repeat)
+            cpu_count, tiny_count, raw_count = (100, 200_000, 5_000) if args.quick else (
+                400, 1_000_000, 20_000)
+            if args.only in (None, "cpu"):
+                bench_cpu(client, address, cpu_count, args.repeat)
+            if args.only in (None, "tiny"):
+                bench_tiny(client, address, tiny_count, raw_count, args.repeat)
     finally:
         close_quietly(cluster)
 

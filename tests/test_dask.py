@@ -8,11 +8,14 @@ never by a sleep.
 
 from __future__ import annotations
 
+import enum
 import importlib
+import math
 import os
 import subprocess
 import sys
 import threading
+import time
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -25,7 +28,7 @@ import pytest
 import shoal
 import workfns
 from shoal import RetryPolicy
-from shoal._backends import _dask, _dask_chunks
+from shoal._backends import _dask, _dask_chunks, _dask_client
 from shoal._errors import (
     BackendUnavailable,
     InvalidOptionError,
@@ -147,9 +150,37 @@ def test_tiny_items_are_chunked_and_stay_in_order(
     n = 30_000
     report = shoal.run(workfns.square, range(n), **opts)
     assert report.values == [x * x for x in range(n)]
-    assert tasks[:2] == [1, 1]  # one probe per worker thread
+    probe = _dask_chunks.PROBE_ITEMS
+    assert tasks[:2] == [probe, probe]  # one probe per worker thread, run in full
     assert sum(tasks) == n and len(tasks) < 30  # then chunks grew
     assert all(r.worker.startswith("tcp://127.0.0.1:") for r in report.results)
+
+
+def slow_once(arg: tuple[str, int]) -> int:
+    """An item of about 5 ms that fails if it ever runs a second time."""
+    folder, x = arg
+    Path(folder, str(x)).open("x").close()
+    time.sleep(0.005)  # longer than a probe's budget: a probe runs one item
+    return x
+
+
+def test_a_probe_stops_at_its_budget_and_the_rest_runs_once_in_order(
+    opts: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    replies: list[tuple[int, int]] = []
+    received = _dask.DaskBackend._received
+
+    def recording(self: Any, part: Any, reply: Any) -> None:
+        replies.append((part.count, len(reply.values)))
+        received(self, part, reply)
+
+    monkeypatch.setattr(_dask.DaskBackend, "_received", recording)
+    items = [(str(tmp_path), x) for x in range(40)]
+    report = shoal.run(slow_once, items, **opts)
+    assert report.values == list(range(40)) and not report.failures
+    share = 40 // (_dask_chunks.TASKS_PER_THREAD * 2)
+    assert (share, 1) in replies  # a probe of several items came back after its first
+    assert sum(ran for _, ran in replies) == 40
 
 
 def return_lock_on_3(x: int) -> Any:
@@ -273,11 +304,18 @@ def test_failing_initializer_stops_the_run(opts: dict[str, Any]) -> None:
 
 # ------------------------------------------------------------ chunk sizes
 def plan_run(plan: _dask_chunks.ChunkPlan, total: int, per_item: float) -> list[int]:
-    """Sizes a run of ``total`` items gets, each task measured at ``per_item`` s."""
+    """Items each task of a run of ``total`` runs, each item taking ``per_item`` s.
+
+    A probe runs as the worker does: the first item, then more while its
+    budget lasts; the items it did not reach count as not yet pulled.
+    """
     sizes: list[int] = []
     pulled = 0
     while pulled < total:
         size = min(plan.size(pulled), total - pulled)
+        budget = plan.budget()
+        if budget is not None:
+            size = min(size, max(1, math.ceil(budget / per_item)))
         sizes.append(size)
         pulled += size
         plan.pickled(size, 5 * size)
@@ -285,20 +323,29 @@ def plan_run(plan: _dask_chunks.ChunkPlan, total: int, per_item: float) -> list[
     return sizes
 
 
-def test_chunk_plan_probes_with_one_item_per_task() -> None:
+def test_chunk_plan_probes_with_a_time_boxed_task_per_thread() -> None:
     plan = _dask_chunks.ChunkPlan(threads=2, total=1000)
-    assert plan.size(0) == 1 and plan.probing and not plan.measured
-    plan.took(1, 0.5)  # an item of half a second: no point in chunking
-    assert not plan.probing and plan.size(1) == 1
+    assert plan.size(0) == _dask_chunks.PROBE_ITEMS and plan.probing and not plan.measured
+    assert plan.budget() == _dask_chunks.PROBE_SECONDS
+    plan.took(1, 0.5)  # the probe ran one item of half a second: no point in chunking
+    assert not plan.probing and plan.size(1) == 1 and plan.budget() is None
+
+
+def test_chunk_plan_probes_of_a_short_input_hold_a_share_of_it() -> None:
+    assert _dask_chunks.ChunkPlan(threads=2, total=10).size(0) == 1
+    assert _dask_chunks.ChunkPlan(threads=2, total=100).size(0) == 12
+    assert _dask_chunks.ChunkPlan(threads=2, total=None).size(0) == _dask_chunks.PROBE_ITEMS
 
 
 def test_chunk_plan_cuts_tiny_items_into_equal_tasks_per_thread() -> None:
     sizes = plan_run(_dask_chunks.ChunkPlan(threads=2, total=1_000_000), 1_000_000, 60e-9)
-    assert sizes[0] == 1 and len(sizes) < 12
+    assert sizes[0] == _dask_chunks.PROBE_ITEMS and len(sizes) < 12
     probe = sizes.index(max(sizes))
     rest = sizes[probe:]
     assert len(rest) % 2 == 0 and max(rest) - min(rest) <= 1  # the threads finish together
-    assert min(rest) * 60e-9 >= _dask_chunks.MIN_TASK_SECONDS / 2
+    # tasks at least MIN_TASK_SECONDS / 2 long, or as few as MAX_AUTO_CHUNK allows
+    fewest = math.ceil(sum(rest) / _dask_chunks.MAX_AUTO_CHUNK)
+    assert min(rest) * 60e-9 >= _dask_chunks.MIN_TASK_SECONDS / 2 or len(rest) == fewest
 
 
 def test_chunk_plan_keeps_long_items_near_the_target_time() -> None:
@@ -342,6 +389,24 @@ def test_pickled_blobs_travel_out_of_band() -> None:
     assert old.blob == b"y" and old.token == "u"
 
 
+class Color(enum.IntEnum):
+    RED = 1
+
+
+def test_builtin_values_travel_marshalled_and_others_pickled_with_their_types() -> None:
+    import pickle
+
+    from shoal._backends._dask_worker import Reply, _pack, unpack
+
+    plain = [None, 1.5, "x", (1, [2]), {3: {4}}] * 20
+    blob = _pack(Reply(list(plain), None, 0.1, "w")).blob
+    assert pickle.loads(blob).marshalled is not None  # the fast way
+    assert unpack(blob).values == plain and unpack(blob).marshalled is None
+    mixed = [*range(99), Color.RED]  # an int subclass: marshal would lose it
+    back = unpack(_pack(Reply(list(mixed), None, 0.1, "w")).blob).values
+    assert back == mixed and type(back[-1]) is Color
+
+
 class FakeClient:
     def __init__(self, address: str, direct: bool | None = None) -> None:
         self.direct_to_workers = direct
@@ -361,7 +426,7 @@ class FakeClient:
 def test_results_come_straight_from_workers_only_when_they_are_reachable(
     address: str, own: bool, direct: bool | None, expected: bool | None,
 ) -> None:
-    assert _dask._gather_direct(FakeClient(address, direct), own) is expected
+    assert _dask_client.gather_direct(FakeClient(address, direct), own) is expected
 
 
 # ------------------------------------------------------------- worker crashes
@@ -414,6 +479,16 @@ def test_without_address_starts_and_stops_its_own_cluster(
 def test_the_client_of_an_address_is_closed_after_the_run(
     opts: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    seen = record_clients(monkeypatch)
+    assert shoal.map(workfns.square, range(10), **opts) == [x * x for x in range(10)]
+    [(backend, client)] = seen
+    assert backend.closer is not None and not backend.closer.daemon  # waited for at exit
+    backend.closer.join(30)
+    assert client.status == "closed"
+
+
+def record_clients(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, Any]]:
+    """(backend, client) of each run, seen as the run lets go of its client."""
     seen: list[tuple[Any, Any]] = []
     disconnect = _dask.DaskBackend._disconnect
 
@@ -422,11 +497,42 @@ def test_the_client_of_an_address_is_closed_after_the_run(
         disconnect(self)
 
     monkeypatch.setattr(_dask.DaskBackend, "_disconnect", recording)
-    assert shoal.map(workfns.square, range(10), **opts) == [x * x for x in range(10)]
-    [(backend, client)] = seen
-    assert backend.closer is not None and not backend.closer.daemon  # waited for at exit
-    backend.closer.join(30)
-    assert client.status == "closed"
+    return seen
+
+
+def test_the_current_client_of_the_address_is_used_and_left_open(
+    opts: dict[str, Any], client: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen = record_clients(monkeypatch)
+    with client.as_current():  # what distributed.get_client(address) would return
+        assert shoal.map(workfns.square, range(10), **opts) == [x * x for x in range(10)]
+    [(backend, used)] = seen
+    assert used is client and backend.closer is None and client.status == "running"
+    assert shoal.map(workfns.square, range(3), **opts) == [0, 1, 4]  # not current: its own
+    assert seen[1][1] is not client and seen[1][0].closer is not None
+
+
+class FakeDistributed:
+    """Just what current_client and same_scheduler use of dask.distributed."""
+
+    def __init__(self, current: Any) -> None:
+        self.Client = type("Client", (), {"current": staticmethod(lambda: current)})
+        self.comm = dist().comm
+
+
+def test_a_client_serves_a_run_only_if_it_is_running_blocking_and_on_that_scheduler() -> None:
+    running = FakeClient("tcp://127.0.0.1:8786")
+    running.asynchronous, running.status = False, "running"  # type: ignore[attr-defined]
+    assert _dask_client.current_client(FakeDistributed(running)) is running
+    asynchronous = FakeClient("tcp://127.0.0.1:8786")
+    asynchronous.asynchronous, asynchronous.status = True, "running"  # type: ignore[attr-defined]
+    assert _dask_client.current_client(FakeDistributed(asynchronous)) is None
+    d = FakeDistributed(None)
+    assert _dask_client.same_scheduler(d, running, "tcp://localhost:8786")
+    assert _dask_client.same_scheduler(d, running, "127.0.0.1:8786")
+    assert not _dask_client.same_scheduler(d, running, "tcp://127.0.0.1:8787")
+    assert not _dask_client.same_scheduler(d, running, "tcp://no-such-host.invalid:8786")
+    assert not _dask_client.same_scheduler(d, None, "tcp://127.0.0.1:8786")
 
 
 def test_missing_distributed_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -14,7 +14,7 @@ import inspect
 import threading
 import time
 import types
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -101,8 +101,8 @@ def worker_name() -> str:
     return threading.current_thread().name
 
 
-def run_chunk(call: Callable[[Any], Any], items: Sequence[Any], worker: str) -> Outcome:
-    """Run ``call`` on every item; an exception fails that item alone."""
+def run_chunk(call: Callable[[Any], Any], items: Iterable[Any], worker: str) -> Outcome:
+    """Run ``call`` on every item (iterated once, in order); an exception fails that item alone."""
     start = time.perf_counter()
     values: list[Any] = []
     errors: dict[int, BaseException] | None = None

@@ -17,11 +17,13 @@ network. What runs on the workers is in ``_dask_worker``.
   flight; the feeder acquires a task only when one finishes, so generators
   stream and the scheduler never holds more than that window.
 * ``fn`` is pickled once per run; items and replies travel as one pickle per
-  chunk. Replies come straight from the workers when the scheduler is on this
-  machine (``_gather_direct``), not through the scheduler.
+  chunk (a reply's values of builtin types as one marshal blob: ``unpack``).
+  Replies come straight from the workers when the scheduler is on this
+  machine (``gather_direct``), not through the scheduler.
 * ``chunk_size="auto"``: ``ChunkPlan`` (``_dask_chunks``) sizes chunks from measured item time
-  (first one item per task and one task per thread); one item per task with
-  a timeout or a rate limit.
+  (first one time-boxed probe per thread: the items it did not reach wait in
+  ``_pending`` and go before new tasks); one item per task with a timeout or
+  a rate limit.
 * ``fn`` raising is caught on the worker: the item fails with its own
   exception, the worker traceback as ``__cause__ = RemoteTraceback``.
 * A future that errs by itself means the cluster failed. ``KilledWorker`` or
@@ -34,14 +36,14 @@ network. What runs on the workers is in ``_dask_worker``.
   clock starts at submission and a task queued on a busy worker would spend
   its time waiting.
 
-``backend_options``: ``client`` (an existing ``distributed.Client``, left
-open), ``cluster_kwargs`` (for the ``LocalCluster`` started when no
-``address`` is given), ``tasks_per_thread``. See docs/dask.md.
+Which client a run uses (the caller's, or one shoal opens and closes) is
+decided in ``_dask_client``. ``backend_options``: ``client`` (an open
+``distributed.Client``), ``cluster_kwargs`` (for the ``LocalCluster``
+started when no ``address`` is given), ``tasks_per_thread``. See docs/dask.md.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import itertools
 import math
 import pickle
@@ -50,8 +52,8 @@ import re
 import threading
 import traceback
 import uuid
-import warnings
 from asyncio import CancelledError as AsyncioCancelledError
+from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import CancelledError
 from dataclasses import dataclass, field
@@ -61,10 +63,17 @@ import cloudpickle
 
 from shoal._backends._base import Backend
 from shoal._backends._dask_chunks import ChunkPlan
-from shoal._backends._dask_worker import Pickled, Reply, dumps, run_part
+from shoal._backends._dask_client import (
+    Connection,
+    cleanup,
+    connect,
+    current_client,
+    gather_direct,
+    import_distributed,
+)
+from shoal._backends._dask_worker import Pickled, Reply, dumps, run_part, unpack
 from shoal._calling import Outcome
 from shoal._errors import (
-    BackendUnavailable,
     BrokenBackend,
     InvalidOptionError,
     NotPicklable,
@@ -76,21 +85,6 @@ from shoal._options import Options
 
 if TYPE_CHECKING:
     from shoal._engine import Engine, Task
-
-def import_distributed() -> Any:
-    """Import ``dask.distributed``, on first use of the backend only.
-
-    Raises:
-        BackendUnavailable: dask.distributed is not installed.
-    """
-    try:
-        import distributed
-    except ImportError as exc:
-        raise BackendUnavailable(
-            'backend="dask" needs dask.distributed: pip install "shoal[dask]"'
-        ) from exc
-    return distributed
-
 
 def _restore(exc: BaseException, tb: str) -> BaseException:
     if tb:
@@ -151,6 +145,10 @@ class DaskBackend(Backend):
                 'max_items_per_worker is not supported by backend="dask": Dask manages its '
                 "workers' lifetimes (see `dask worker --lifetime`)")
         self._given_client: Any = extra.get("client")
+        # Looked up here, on the caller's thread: a client made current with
+        # as_current() is current only in the caller's context.
+        self._current: Any = (current_client(self._distributed)
+                              if options.address and self._given_client is None else None)
         self._cluster_kwargs: Mapping[str, Any] = extra.get("cluster_kwargs", {})
         self._tasks_per_thread: int = per_thread
         token = uuid.uuid4().hex[:12]
@@ -172,14 +170,16 @@ class DaskBackend(Backend):
         self._collector: threading.Thread | None = None
         self.closer: threading.Thread | None = None  # closes the client to an address
         # Owned by the feeder thread (others only use _inbox and set _closing):
-        self._client: Any = None
-        self._cluster: Any = None
+        self._connection: Connection | None = None
+        self._client: Any = None  # the connection's client
         self._window = 1
         self._direct: bool | None = None  # gather from the workers themselves
         self._plan: ChunkPlan | None = None  # chunk_size="auto" without timeout or rate
         self._chunk = 1
         self._pulled = 0  # input items the engine has handed out so far
         self._parts: dict[Any, _Part] = {}  # future key -> part
+        # Items a probe did not reach, as (record, offset, count): sent before new tasks.
+        self._pending: deque[tuple[_Record, int, int]] = deque()
         self._records: dict[int, _Record] = {}  # task seq -> record
         self._keys = itertools.count()
 
@@ -236,28 +236,15 @@ class DaskBackend(Backend):
         Raises:
             BrokenBackend: the scheduler cannot be reached or has no workers.
         """
-        d, address = self._distributed, self.options.address
-        if self._given_client is not None:
-            self._client = self._given_client
-        elif address:
-            try:
-                self._client = d.Client(address, set_as_default=False)
-            except (OSError, TimeoutError) as exc:
-                raise BrokenBackend(
-                    f"cannot connect to the Dask scheduler at {address!r}: {exc}; check that "
-                    "`dask scheduler` runs there and that its port is reachable"
-                ) from exc
-        else:
-            self._cluster = d.LocalCluster(**{
-                "n_workers": self.workers, "threads_per_worker": 1, "processes": True,
-                "host": "127.0.0.1", "dashboard_address": None, **self._cluster_kwargs})
-            self._client = d.Client(self._cluster, set_as_default=False)
+        self._connection = connect(self._distributed, self.options.address, self._given_client,
+                                   self._current, self.workers, self._cluster_kwargs)
+        self._client = self._connection.client
         threads = sum(self._client.nthreads().values())
         if not threads:
             raise BrokenBackend(f"the Dask cluster at {self._client.scheduler.address} has no "
                                 "workers; start some with `dask worker <scheduler address>`")
         self.workers = threads  # reported in the BatchReport
-        self._direct = _gather_direct(self._client, self._cluster is not None)
+        self._direct = gather_direct(self._client, self._connection.cluster is not None)
         self._collector = threading.Thread(target=self._collect, name="shoal-dask-collector",
                                            daemon=True)
         self._collector.start()
@@ -266,7 +253,10 @@ class DaskBackend(Backend):
         opts = self.options
         if opts.chunk_size == "auto" and opts.timeout is None and opts.rate is None:
             self._plan = ChunkPlan(threads, self._total)
-        self._set_chunk(1 if opts.chunk_size == "auto" else opts.chunk_size)
+        if opts.chunk_size != "auto":
+            self._set_chunk(opts.chunk_size)
+        else:  # the probes; then ChunkPlan, or one item per task
+            self._set_chunk(1 if self._plan is None else self._plan.size(0))
 
     def _set_chunk(self, chunk: int) -> None:
         """Tell the engine, with the driver's default in-flight rule for this cluster."""
@@ -287,7 +277,10 @@ class DaskBackend(Backend):
         engine, more = self._engine, True
         while not self._closing:
             timeout: float | None = None  # None: until a message arrives
-            while more and self._room() and not self._closing:
+            while (more or self._pending) and self._room() and not self._closing:
+                if self._pending:  # items a probe did not reach go first
+                    self._submit(*self._pending.popleft())
+                    continue
                 if self._plan is not None:
                     chunk = self._plan.size(self._pulled)
                     if chunk != self._chunk:
@@ -302,7 +295,7 @@ class DaskBackend(Backend):
                     self._pulled = max(self._pulled, got.stop)
                     record = self._records[got.seq] = _Record(got, next=got.done)
                     self._submit(record, got.done, len(got.items) - got.done)
-            if not more and (not self._parts or engine.stopped):
+            if not more and (not (self._parts or self._pending) or engine.stopped):
                 return
             try:
                 msgs = [self._inbox.get(timeout=timeout)]
@@ -321,10 +314,13 @@ class DaskBackend(Backend):
                                  f"send it to a Dask worker: {exc!r}")
             self._rerun_alone(_Part(record, offset, count), error, exc)
             return
+        budget = None
         if self._plan is not None:
             self._plan.pickled(count, len(blob))
+            budget = self._plan.budget()
         key = f"{self._key_prefix}-{next(self._keys)}"
-        future = self._client.submit(run_part, self._job, Pickled(blob), key=key, pure=False)
+        args = (self._job, Pickled(blob)) if budget is None else (self._job, Pickled(blob), budget)
+        future = self._client.submit(run_part, *args, key=key, pure=False)
         self._parts[future.key] = _Part(record, offset, count, future)
         record.parts += 1
         future.add_done_callback(self._fetch.put)  # on Dask's callback thread
@@ -389,7 +385,7 @@ class DaskBackend(Backend):
                         fetched.append((f, None, blob))
                         continue
                     try:
-                        fetched.append((f, pickle.loads(blob.blob), None))
+                        fetched.append((f, unpack(blob.blob), None))
                     except Exception as exc:  # e.g. a class the driver cannot import
                         fetched.append((f, None, exc))
                 if fetched:
@@ -403,8 +399,14 @@ class DaskBackend(Backend):
         if reply.init_error is not None:
             self._engine.fail_run(_restore(*reply.init_error))
             return
+        ran = len(reply.values)
         if self._plan is not None:
-            self._plan.took(len(reply.values), reply.duration)
+            self._plan.took(ran, reply.duration)
+        if ran < part.count:  # a probe stopped at its time budget
+            step = self._plan.size(self._pulled) if self._plan is not None else 1
+            for offset in range(part.offset + ran, part.offset + part.count, step):
+                count = min(step, part.offset + part.count - offset)
+                self._pending.append((part.record, offset, count))
         errors = None if reply.errors is None else {
             k: _restore(e, tb) for k, (e, tb) in reply.errors.items()}
         self._report(part, Outcome(reply.values, errors, reply.duration, reply.worker))
@@ -443,6 +445,7 @@ class DaskBackend(Backend):
     def _drop(self, task: Task) -> None:
         """The engine gave up on ``task`` (timeout): cancel what still runs."""
         record = self._records.pop(task.seq, None)
+        self._pending = deque(p for p in self._pending if p[0] is not record)
         doomed = [p for p in self._parts.values() if p.record is record]
         for part in doomed:
             del self._parts[part.future.key]
@@ -451,56 +454,19 @@ class DaskBackend(Backend):
 
     def _disconnect(self) -> None:
         """Cancel what is left and close what shoal opened."""
-        client, cluster = self._client, self._cluster
-        pending = [p.future for p in self._parts.values()]
+        client, connection = self._client, self._connection
+        futures = [p.future for p in self._parts.values()]
         self._parts.clear()
+        self._pending.clear()
         self._records.clear()
-        if pending:
-            _cleanup("cancel the remaining tasks", lambda: client.cancel(pending))
+        if futures:
+            cleanup("cancel the remaining tasks", lambda: client.cancel(futures))
         if self._collector is not None:
             self._fetch.put(None)
             self._collector.join()
-        if client is not None and self._given_client is None and cluster is None:
-            # Closing is a few round trips with the scheduler (about 10 ms)
-            # that the results no longer wait for: a thread of its own does
-            # it, not a daemon, so the interpreter waits for it at exit.
-            self.closer = threading.Thread(target=_cleanup, name="shoal-dask-close", daemon=False,
-                                           args=("close the Dask client", client.close))
-            self.closer.start()
-        elif client is not None and self._given_client is None:
-            _cleanup("close the Dask client", client.close)
-        if cluster is not None:
-            _cleanup("close the LocalCluster", cluster.close)
-        self._client = self._cluster = None
-
-
-def _gather_direct(client: Any, own_cluster: bool) -> bool | None:
-    """Fetch results from the workers themselves rather than through the scheduler?
-
-    Half the traffic and one hop less, but the driver must reach the workers:
-    yes for the cluster shoal started and for a scheduler on this machine;
-    elsewhere the client's ``direct_to_workers`` (Dask's default: no) decides.
-    """
-    if client.direct_to_workers is not None:
-        return None  # the caller chose
-    if own_cluster:
-        return True
-    address = str(client.scheduler.address)
-    scheme, _, rest = address.rpartition("://")
-    if scheme == "inproc":
-        return True
-    host = rest.rsplit(":", 1)[0].strip("[]")
-    try:
-        return host == "localhost" or ipaddress.ip_address(host).is_loopback or None
-    except ValueError:
-        return None
-
-
-def _cleanup(what: str, step: Callable[[], Any]) -> None:
-    try:
-        step()
-    except Exception as exc:  # the other cleanup steps still run; this one is reported
-        warnings.warn(f"shoal: could not {what}: {exc!r}", RuntimeWarning, stacklevel=2)
+        if connection is not None:
+            self.closer = connection.close()
+        self._client = self._connection = None
 
 
 def _future_error(future: Any) -> BaseException:

@@ -20,10 +20,13 @@ unpickles task specs): keep it free of driver-only imports.
 
 from __future__ import annotations
 
+import marshal
 import pickle
 import threading
+import time
 import traceback
 from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, SupportsIndex
 
@@ -54,13 +57,18 @@ class Pickled:
 
 @dataclass(slots=True)
 class Reply:
-    """What a task sends back: ``Outcome`` fields, errors with their traceback text."""
+    """What a task sends back: ``Outcome`` fields, errors with their traceback text.
+
+    On the wire, values of builtin types only travel as ``marshalled`` (see
+    ``_pack``) and ``values`` is empty; ``unpack`` puts them back.
+    """
 
     values: list[Any]
     errors: dict[int, tuple[BaseException, str]] | None
     duration: float
     worker: str
     init_error: tuple[BaseException, str] | None = None
+    marshalled: bytes | None = None
 
 
 def dumps(obj: Any) -> bytes:
@@ -80,6 +88,9 @@ def dumps(obj: Any) -> bytes:
         pass  # cloudpickle below can do more, or raises the error worth showing
     return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)  # type: ignore[no-any-return]
 
+
+#: fewer values than this are pickled with the rest of the reply
+MARSHAL_MIN_VALUES = 64
 
 # Worker-process state: the last runs' unpickled jobs (each unpickled once) and
 # the runs whose initializer ran here. The lock guards both: a worker may run
@@ -118,7 +129,21 @@ def portable(exc: BaseException) -> tuple[BaseException, str]:
 
 
 def _pack(reply: Reply) -> Pickled:
-    """The reply, pickled; a value that cannot be pickled fails its item alone."""
+    """The reply, pickled; a value that cannot be pickled fails its item alone.
+
+    Values that are all of builtin types (numbers, strings, None, and lists,
+    tuples, dicts and sets of them; exactly those types, no subclass) are
+    marshalled instead: the same objects back, in about 60% of pickle's time
+    each way for a list of ints, and for tiny items unpickling the values is
+    most of the driver's work per item.
+    marshal's format is Python's own, and the driver runs the workers'
+    Python version (docs/dask.md).
+    """
+    if len(reply.values) >= MARSHAL_MIN_VALUES:
+        try:
+            reply.marshalled, reply.values = marshal.dumps(reply.values), []
+        except ValueError:  # a value of another type: pickle them all
+            pass
     try:
         return Pickled(dumps(reply))
     except Exception:
@@ -138,8 +163,32 @@ def _pack(reply: Reply) -> Pickled:
     return Pickled(dumps(reply))
 
 
-def run_part(job: Pickled, chunk: Pickled) -> Pickled:
+def unpack(blob: bytes | memoryview) -> Reply:
+    """The reply ``_pack`` made, its values back in place.
+
+    Raises:
+        Exception: what unpickling raises (e.g. a class the driver cannot import).
+    """
+    reply: Reply = pickle.loads(blob)
+    if reply.marshalled is not None:
+        reply.values, reply.marshalled = marshal.loads(reply.marshalled), None
+    return reply
+
+
+def _until(items: Iterable[Any], deadline: float) -> Iterator[Any]:
+    """The items, the first always, the others only before ``deadline``."""
+    clock = time.perf_counter
+    for k, item in enumerate(items):
+        if k and clock() >= deadline:
+            return
+        yield item
+
+
+def run_part(job: Pickled, chunk: Pickled, budget: float | None = None) -> Pickled:
     """Runs on a Dask worker: ``fn`` over the chunk, every failure of fn caught.
+
+    With a ``budget`` (seconds), a probe: items after the first run only
+    until it is spent, and the reply holds the values of those that ran.
 
     Returns the pickled ``Reply``.
     """
@@ -150,9 +199,10 @@ def run_part(job: Pickled, chunk: Pickled) -> Pickled:
         fn = _load_job(job)[0]
     except BaseException as exc:  # the initializer failed: the run must stop
         return _pack(Reply([], None, 0.0, worker, portable(exc)))
-    items: list[Any] = pickle.loads(chunk.blob)
+    items: Sequence[Any] = pickle.loads(chunk.blob)
+    todo = items if budget is None else _until(items, time.perf_counter() + budget)
     try:
-        outcome = run_chunk(sync_caller(fn), items, worker)
+        outcome = run_chunk(sync_caller(fn), todo, worker)
     except BaseException as exc:  # SystemExit and the like: fail the chunk, keep the worker
         return _pack(Reply([None] * len(items), dict.fromkeys(range(len(items)), portable(exc)),
                            0.0, worker))
