@@ -16,7 +16,7 @@ against the expected list, the plain loop's too.
    backend with two workers (when this checkout has it) and a plain loop.
 2. Tiny items: 1,000,000 ``x * x`` on ``backend="dask"`` (auto chunking)
    against a plain loop (target: within 3x), in rounds of one call each
-   (loop, then shoal both ways) so that load on the machine hits all alike.
+   (loop, then each shoal call) so that load on the machine hits all alike.
    ``address=`` is the plain call: the bench's own client is not the
    process's default (``set_as_default=False``), so shoal does not find a
    client for that address and each run connects a new one to the scheduler
@@ -25,6 +25,9 @@ against the expected list, the plain loop's too.
    on a thread of its own, so that part overlaps the next timed call.
    ``backend_options={"client": ...}`` reuses the bench's open client (as
    ``address=`` would with a default client for that address).
+   The input is ``range(n)``, which shoal slices (a chunk pickles in a few
+   bytes); the line ``address=, list input`` passes ``list(range(n))``, whose
+   items are pulled and pickled one by one, for comparison.
    Raw ``client.map`` makes one future per item, so it runs on 20,000 items
    only and its time is extrapolated linearly to the full count (printed as
    such).
@@ -123,14 +126,21 @@ def bench_tiny(client: Any, address: str, count: int, raw_count: int, repeat: in
         assert shoal.map(square, items, backend="dask",
                          backend_options={"client": client}) == expected
 
+    listed = list(items)  # a list is pulled and pickled item by item; a range is sliced
+
+    def shoal_list() -> None:
+        assert shoal.map(square, listed, backend="dask", address=address) == expected
+
     raw_items = list(range(raw_count))
 
     def raw_dask() -> None:
         client.gather(client.map(square, raw_items, pure=False))
 
     shoal_address()  # warm-up: the workers import shoal and unpickle square once
-    rounds = [(timed(plain), timed(shoal_address), timed(shoal_client)) for _ in range(repeat)]
-    loop, by_address, by_client = (statistics.median(col) for col in zip(*rounds, strict=True))
+    rounds = [(timed(plain), timed(shoal_address), timed(shoal_client), timed(shoal_list))
+              for _ in range(repeat)]
+    loop, by_address, by_client, by_list = (
+        statistics.median(col) for col in zip(*rounds, strict=True))
     raw = median_time(raw_dask, 1 if raw_count >= 20_000 else repeat)
     raw_full = raw * count / raw_count
 
@@ -143,6 +153,8 @@ def bench_tiny(client: Any, address: str, count: int, raw_count: int, repeat: in
         f"{by_address / loop:5.2f}x plain loop (target <= 3x) {spread(1)}")
     row('shoal.map backend="dask", open client', by_client,
         f"{by_client / loop:5.2f}x plain loop {spread(2)}")
+    row('shoal.map backend="dask", address=, list input', by_list,
+        f"{by_list / loop:5.2f}x plain loop {spread(3)}")
     row(f"raw client.map, {raw_count:,} items (measured)", raw)
     row(f"raw client.map, {count:,} items (extrapolated)", raw_full,
         f"{raw_full / loop:5.0f}x plain loop, {raw_full / by_address:.0f}x shoal")
