@@ -335,12 +335,10 @@ class Run:
             if not clean:
                 engine.stop()
             started = self.running  # even when cancelled while it started
-            if started is None:
-                pass
-            elif started.runs_on_loop:
+            if started is not None and started.runs_on_loop:
                 started.shutdown(cancel=not clean)
                 await started.aclose()  # type: ignore[attr-defined]
-            else:
+            elif started is not None:
                 await asyncio.shield(loop.run_in_executor(None, started.shutdown, not clean))
 
 
