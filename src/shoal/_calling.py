@@ -18,6 +18,8 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from shoal._bridge import arun, in_running_loop
+
 if TYPE_CHECKING:
     import asyncio
 
@@ -79,8 +81,6 @@ def run_awaitable(aw: Awaitable[Any]) -> Any:
     On a thread whose loop is already running (sync code called from a
     notebook cell), the awaitable runs on a helper thread instead.
     """
-    from shoal._bridge import arun, in_running_loop
-
     if in_running_loop():
 
         async def wrap() -> Any:
