@@ -165,35 +165,19 @@ async def aimap(
 
 
 async def _amap(batch: Run) -> list[Any]:
-    import asyncio  # loaded already: this runs on a loop
-
     out: list[Any] = []
-    try:
+    with batch.aguard():
         async for segs in batch.asegments():
             batch.deliver(segs, keep=False)
             _values(segs, batch.opts.on_error, out)
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        batch.close(batch.report(interrupted=True))
-        raise
-    except BaseException:
-        batch.close(None)
-        raise
     batch.close(None)
     return out
 
 
 async def _arun_report(batch: Run) -> BatchReport[Any]:
-    import asyncio  # loaded already: this runs on a loop
-
-    try:
+    with batch.aguard():
         async for segs in batch.asegments():
             batch.deliver(segs, keep=True)
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        batch.close(batch.report(interrupted=True))
-        raise
-    except BaseException:
-        batch.close(None)
-        raise
     report = batch.report()
     batch.close(report)
     return report

@@ -202,6 +202,22 @@ class Run:
             self.close(None)
             raise
 
+    @contextlib.contextmanager
+    def aguard(self) -> Iterator[None]:
+        """``guard`` around a coroutine consumer: on Ctrl-C or cancellation the
+        observers get the partial report; on any other error they are closed
+        (and the checkpoint committed) before it propagates."""
+        import asyncio  # loaded already: the consumer runs on a loop
+
+        try:
+            yield
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            self.close(self.report(interrupted=True))
+            raise
+        except BaseException:
+            self.close(None)
+            raise
+
     def check(self) -> None:
         """Raise the run's error, if it has one (all_or_nothing, broken input)."""
         eng = self.engine
