@@ -38,7 +38,15 @@ class CustomError(Exception):
 
 
 class NeedsTwoArgs(Exception):
-    """Pickles, but cannot be unpickled (the classic custom-__init__ trap)."""
+    """Pickles, but cannot be unpickled (the classic custom-__init__ trap).
+
+    ``__new__`` needs both arguments too, so the trap holds after tblib's
+    pickling support is installed (importing ``distributed`` does that), which
+    rebuilds exceptions with ``cls.__new__(cls)`` rather than ``cls(*args)``.
+    """
+
+    def __new__(cls, a: int, b: int) -> NeedsTwoArgs:
+        return super().__new__(cls, a, b)
 
     def __init__(self, a: int, b: int) -> None:
         super().__init__(f"{a}/{b}")
