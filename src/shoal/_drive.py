@@ -19,7 +19,7 @@ from typing import Any
 
 from shoal._auto import PROBE_MAX_ITEMS, PROBE_MAX_SECONDS, ProbeSample, choose_backend
 from shoal._backends import Backend, InlineBackend, backend_class
-from shoal._backends._base import cpu_count
+from shoal._backends._base import cpu_count, default_window
 from shoal._calling import is_async_callable
 from shoal._engine import Engine, Segment
 from shoal._errors import BatchInterrupted, InvalidItemsError, InvalidOptionError, NotPicklable
@@ -78,7 +78,7 @@ class Run:
         self.running: Backend | None = None  # the backend once its start() has begun
         chunk = self._chunk_size()
         max_in_flight = opts.max_in_flight or (
-            self.backend.default_max_in_flight(chunk) if self.backend else max(64, 4 * chunk))
+            self.backend.default_max_in_flight(chunk) if self.backend else default_window(1, chunk))
         self.store: ResultStore | None = _open_store(opts.checkpoint, fn)
         self.engine = Engine(items if type(items) is range else source, opts,
                              chunk_size=chunk, max_in_flight=max_in_flight, store=self.store)

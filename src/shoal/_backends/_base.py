@@ -21,6 +21,11 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+def default_window(workers: int, chunk: int) -> int:
+    """Items pulled and not yet delivered, by default: four chunks per worker, at least 64."""
+    return max(64, 4 * workers * chunk)
+
+
 class Backend(ABC):
     """Runs the engine's tasks on some kind of worker.
 
@@ -52,7 +57,7 @@ class Backend(ABC):
 
     def default_max_in_flight(self, chunk: int) -> int:
         """``max_in_flight`` when the caller sets none: items pulled, not yet delivered."""
-        return max(64, 4 * self.workers * chunk)
+        return default_window(self.workers, chunk)
 
     @abstractmethod
     def start(self, engine: Engine) -> None:

@@ -264,7 +264,7 @@ class DaskBackend(Backend):
         if limit is not None:
             chunk = max(1, min(chunk, limit // self.workers))
         self._chunk = chunk
-        self._engine.set_chunk_size(chunk, max(64, 4 * self.workers * chunk))
+        self._engine.set_chunk_size(chunk, self.default_max_in_flight(chunk))
 
     def _room(self) -> bool:
         """A task may be submitted now; while chunks are probed, one per worker thread."""

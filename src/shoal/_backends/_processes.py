@@ -457,7 +457,7 @@ class ProcessBackend(Backend):
         sizer = self._sizer
         if sizer is not None and sizer.observe(len(values), seconds, self._pulled - self._first,
                                                max(self._in_bytes, self._out_bytes)):
-            self._engine.set_chunk_size(sizer.size, max(64, 4 * self.workers * sizer.size))
+            self._engine.set_chunk_size(sizer.size, self.default_max_in_flight(sizer.size))
         if sent.count > 0:
             return
         w.sends.popleft()
