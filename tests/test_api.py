@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import psutil
 import pytest
 
 import shoal
@@ -205,30 +206,39 @@ def test_import_is_light() -> None:
     assert callable(shoal.open_checkpoint) and shoal.ProgressEvent.__name__ == "ProgressEvent"
 
 
-def test_ctrl_c_while_the_backend_starts_still_shuts_it_down(monkeypatch: Any) -> None:
-    from shoal._backends._threads import ThreadBackend
+@pytest.mark.parametrize("backend", ["sequential", "threads", "asyncio", "processes"])
+def test_ctrl_c_while_the_backend_starts_still_shuts_it_down(
+    monkeypatch: Any, backend: str
+) -> None:
+    from shoal._backends import backend_class
 
+    cls = backend_class(backend)
     shutdowns: list[bool] = []
-    start, shutdown = ThreadBackend.start, ThreadBackend.shutdown
+    start, shutdown = cls.start, cls.shutdown
 
-    def start_then_ctrl_c(self: ThreadBackend, engine: Any) -> None:
+    def start_then_ctrl_c(self: Any, engine: Any) -> None:
         start(self, engine)
         raise KeyboardInterrupt
 
-    def recorded_shutdown(self: ThreadBackend, cancel: bool) -> None:
+    def recorded_shutdown(self: Any, cancel: bool) -> None:
         shutdowns.append(cancel)
         shutdown(self, cancel)
 
-    monkeypatch.setattr(ThreadBackend, "start", start_then_ctrl_c)
-    monkeypatch.setattr(ThreadBackend, "shutdown", recorded_shutdown)
-    before = threading.active_count()
-    with pytest.raises(shoal.BatchInterrupted):
-        shoal.map(workfns.square, range(100), backend="threads", workers=3)
+    monkeypatch.setattr(cls, "start", start_then_ctrl_c)
+    monkeypatch.setattr(cls, "shutdown", recorded_shutdown)
+    threads = threading.active_count()
+    children = set(psutil.Process().children(recursive=True))
+    with pytest.raises(KeyboardInterrupt):
+        shoal.map(workfns.square, range(100), backend=backend, workers=2)
     assert shutdowns == [True]
     deadline = time.monotonic() + 5
-    while threading.active_count() > before and time.monotonic() < deadline:
+    while time.monotonic() < deadline and (
+        threading.active_count() > threads
+        or set(psutil.Process().children(recursive=True)) - children
+    ):
         time.sleep(0.01)
-    assert threading.active_count() == before  # the workers it started have ended
+    assert threading.active_count() == threads  # the workers it started have ended
+    assert not set(psutil.Process().children(recursive=True)) - children
 
 
 def test_auto_falls_back_to_threads_when_fn_cannot_be_pickled() -> None:
