@@ -95,7 +95,7 @@ def bench_cpu(client: Any, address: str, count: int, repeat: int) -> None:
         ('shoal.map backend="dask"', shoal_dask),
         ("raw client.map + client.gather", raw_dask),
     ]
-    if importlib.util.find_spec("shoal._backends._processes") is not None:
+    if importlib.util.find_spec("shoal._backends._processes.pool") is not None:
         def shoal_processes() -> None:
             assert shoal.map(burn, items, backend="processes", workers=2) == expected
 

@@ -29,8 +29,8 @@ from shoal._aggregate import (
     to_dataframe,
     to_jsonl,
 )
-from shoal._errors import BackendUnavailable, InvalidItemsError, InvalidOptionError
-from shoal._results import BatchReport, ItemResult
+from shoal._core.errors import BackendUnavailable, InvalidItemsError, InvalidOptionError
+from shoal._core.results import BatchReport, ItemResult
 
 floats = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False)
 

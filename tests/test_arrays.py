@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from shoal import arrays
-from shoal._errors import BackendUnavailable, InvalidOptionError
+from shoal._core.errors import BackendUnavailable, InvalidOptionError
 from shoal.arrays import fft_peak_frequencies, map_arrays, select_array_module
 
 RATE = 1000.0

@@ -1,4 +1,4 @@
-"""Tests of the SQLite checkpoint store (shoal._checkpoint)."""
+"""Tests of the SQLite checkpoint store (shoal._sinks.checkpoint)."""
 
 from __future__ import annotations
 
@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 
-from shoal import _checkpoint
-from shoal._checkpoint import CheckpointStore, open_checkpoint, summarize
-from shoal._errors import CheckpointMismatch, InvalidOptionError, RemoteTraceback
-from shoal._hooks import ResultStore
-from shoal._results import ItemResult
+from shoal._core.errors import CheckpointMismatch, InvalidOptionError, RemoteTraceback
+from shoal._core.results import ItemResult
+from shoal._sinks import checkpoint as _checkpoint
+from shoal._sinks.base import ResultStore
+from shoal._sinks.checkpoint import CheckpointStore, open_checkpoint, summarize
 
 # -- module-level helpers (module level so they pickle by reference) ----------
 
@@ -372,8 +372,8 @@ def test_sigkill_keeps_every_committed_row(tmp_path: Path) -> None:
     path = tmp_path / "run.db"
     script = JOB_SRC + (
         "import sys\n"
-        "from shoal._checkpoint import open_checkpoint\n"
-        "from shoal._results import ItemResult\n"
+        "from shoal._sinks.checkpoint import open_checkpoint\n"
+        "from shoal._core.results import ItemResult\n"
         "store = open_checkpoint(sys.argv[1], job, batch_size=5, commit_interval=3600)\n"
         "for i in range(10_000_000):\n"
         "    v = {'i': i, 'sq': i * i, 'pad': 'x' * 200}\n"

@@ -28,14 +28,16 @@ import pytest
 import shoal
 import workfns
 from shoal import RetryPolicy
-from shoal._backends import _dask, _dask_chunks, _dask_client
-from shoal._errors import (
+from shoal._backends._dask import backend as _dask
+from shoal._backends._dask import client as _dask_client
+from shoal._core.errors import (
     BackendUnavailable,
     InvalidOptionError,
     NotPicklable,
     RemoteTraceback,
     WorkerCrashed,
 )
+from shoal._policies import dask_chunks as _dask_chunks
 
 # Dask workers cannot import the tests folder: send this module's functions by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -378,7 +380,7 @@ def test_chunk_plan_recuts_when_item_time_drifts() -> None:
 def test_pickled_blobs_travel_out_of_band() -> None:
     import pickle
 
-    from shoal._backends._dask_worker import Pickled
+    from shoal._backends._dask.worker import Pickled
 
     buffers: list[pickle.PickleBuffer] = []
     data = pickle.dumps(Pickled(b"x" * 1000, "t"), protocol=5, buffer_callback=buffers.append)
@@ -396,7 +398,7 @@ class Color(enum.IntEnum):
 def test_builtin_values_travel_marshalled_and_others_pickled_with_their_types() -> None:
     import pickle
 
-    from shoal._backends._dask_worker import Reply, _pack, unpack
+    from shoal._backends._dask.worker import Reply, _pack, unpack
 
     plain = [None, 1.5, "x", (1, [2]), {3: {4}}] * 20
     blob = _pack(Reply(list(plain), None, 0.1, "w")).blob

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from shoal._calling import Outcome
-from shoal._engine import WAIT_FOR_SIGNAL, Engine, Task
-from shoal._options import Options
-from shoal._retry import RetryPolicy
+from shoal._core.calling import Outcome
+from shoal._core.engine import WAIT_FOR_SIGNAL, Engine, Task
+from shoal._core.options import Options
+from shoal._policies.retry import RetryPolicy
 
 
 class Clock:

@@ -539,7 +539,7 @@ PROCESS_SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.skipif(importlib.util.find_spec("shoal._backends._processes") is None,
+@pytest.mark.skipif(importlib.util.find_spec("shoal._backends._processes.pool") is None,
                     reason="the processes backend is not in this checkout yet")
 def test_batch_processor_on_processes(tmp_path: Path) -> None:
     script = tmp_path / "pid_main.py"

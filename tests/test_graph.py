@@ -261,7 +261,7 @@ def test_parallel_batch_node_honours_max_workers(cap: int) -> None:
     assert conc.peak == cap
 
 
-@pytest.mark.skipif(importlib.util.find_spec("shoal._backends._processes") is None,
+@pytest.mark.skipif(importlib.util.find_spec("shoal._backends._processes.pool") is None,
                     reason="no processes backend in this build")
 def test_parallel_batch_node_on_processes_with_metrics() -> None:
     class Square(MetricsNode, ParallelBatchNode):

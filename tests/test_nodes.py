@@ -24,7 +24,7 @@ from shoal.nodes import (
     SequentialNode,
 )
 
-HAS_PROCESSES = importlib.util.find_spec("shoal._backends._processes") is not None
+HAS_PROCESSES = importlib.util.find_spec("shoal._backends._processes.pool") is not None
 # Any: mypy refuses abstract classes where type[BatchNode] is expected.
 LOCAL_KINDS: list[Any] = [SequentialNode, MultipleThreadNode, AsyncNode]
 

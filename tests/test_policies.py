@@ -9,9 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import shoal
-from shoal._auto import ProbeSample, choose_backend
-from shoal._ratelimit import RateLimit, TokenBucket, as_rate_limit
-from shoal._retry import RetryPolicy, as_retry_policy
+from shoal._policies.auto import ProbeSample, choose_backend
+from shoal._policies.rate import RateLimit, TokenBucket, as_rate_limit
+from shoal._policies.retry import RetryPolicy, as_retry_policy
 
 
 def test_retry_policy_counts_attempts() -> None:

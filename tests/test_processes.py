@@ -25,9 +25,9 @@ import psutil
 import pytest
 
 import shoal
-from shoal._backends._chunk_sizer import ChunkSizer
-from shoal._backends._procworker import describe_exit, fork_is_safe
-from shoal._backends._wire import Claims, claim_pipe, put_ticket, take_ticket
+from shoal._backends._processes.child import describe_exit, fork_is_safe
+from shoal._backends._processes.protocol import Claims, claim_pipe, put_ticket, take_ticket
+from shoal._policies.chunking import ChunkSizer
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX only")
 
@@ -428,7 +428,7 @@ def test_max_items_per_worker_recycles_workers() -> None:
 
 def test_default_workers_is_cpu_count() -> None:
     from shoal._backends._base import cpu_count
-    from shoal._backends._processes import ProcessBackend
+    from shoal._backends._processes.pool import ProcessBackend
 
     assert ProcessBackend.default_workers() == cpu_count()
 

@@ -14,10 +14,11 @@ from collections.abc import Iterable
 
 import pytest
 
-from shoal import _progress
-from shoal._errors import InvalidOptionError
-from shoal._hooks import RunInfo, RunObserver
-from shoal._progress import (
+from shoal._core.errors import InvalidOptionError
+from shoal._core.results import BatchReport, ItemResult
+from shoal._sinks import progress as _progress
+from shoal._sinks.base import RunInfo, RunObserver
+from shoal._sinks.progress import (
     CallbackProgress,
     LineProgress,
     ProgressEvent,
@@ -27,7 +28,6 @@ from shoal._progress import (
     format_line,
     make_progress,
 )
-from shoal._results import BatchReport, ItemResult
 
 
 class FakeClock:

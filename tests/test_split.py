@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shoal._errors import InvalidItemsError, InvalidOptionError
+from shoal._core.errors import InvalidItemsError, InvalidOptionError
 from shoal._split import iter_batches, merge, split
 
 lists = st.lists(st.integers() | st.text(max_size=3) | st.none(), max_size=200)

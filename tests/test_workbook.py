@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from shoal import InvalidOptionError
-from shoal._progress import ProgressEvent
+from shoal._sinks.progress import ProgressEvent
 from shoal._workbook import (
     WORKLOADS,
     Config,
@@ -27,7 +27,7 @@ from shoal._workbook import (
 )
 from shoal.graph import BaseNode
 
-HAS_PROCESSES = importlib.util.find_spec("shoal._backends._processes") is not None
+HAS_PROCESSES = importlib.util.find_spec("shoal._backends._processes.pool") is not None
 SECTIONS = ("Data Summary:", "Performance Results:", "Throughput:", "Correctness:",
             "Conclusion:")
 

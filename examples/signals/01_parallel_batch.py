@@ -30,7 +30,7 @@ def main() -> None:
         ("Serial", {"backend": "sequential"}),
         ("Threads", {"backend": "threads", "workers": 2 * cpus}),
     ]
-    if importlib.util.find_spec("shoal._backends._processes") is not None:
+    if importlib.util.find_spec("shoal._backends._processes.pool") is not None:
         backends.append(("Processes", {"backend": "processes", "workers": cpus}))
     else:
         print("Processes: skipped (this shoal has no processes backend)")

@@ -22,7 +22,7 @@ from typing import Any
 from _signals import files_argument, make_signal_files, measure
 
 import shoal
-from shoal._progress import ProgressEvent, format_duration
+from shoal._sinks.progress import ProgressEvent, format_duration
 
 UNREACHABLE: set[str] = set()  # files the "network share" cannot serve right now
 CALLS: Counter[str] = Counter()  # how often each file was measured

@@ -66,7 +66,7 @@ def same(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> bool:
 def main() -> None:
     args = files_argument(__doc__.splitlines()[0])
     methods: list[tuple[str, Method]] = [("Serial", serial), ("Threads", threads)]
-    if importlib.util.find_spec("shoal._backends._processes") is not None:
+    if importlib.util.find_spec("shoal._backends._processes.pool") is not None:
         methods.append(("Processes", processes))
     else:
         print("Processes: skipped (this shoal has no processes backend)")

@@ -15,9 +15,9 @@ from __future__ import annotations
 import importlib as _importlib
 import typing as _typing
 
-from shoal._api import aimap, amap, arun_batch, imap, map, run
-from shoal._bridge import arun
-from shoal._errors import (
+from shoal._core.api import aimap, amap, arun_batch, imap, map, run
+from shoal._core.bridge import arun
+from shoal._core.errors import (
     BackendUnavailable,
     BatchInterrupted,
     BrokenBackend,
@@ -29,21 +29,21 @@ from shoal._errors import (
     ShoalError,
     WorkerCrashed,
 )
-from shoal._options import Options
-from shoal._ratelimit import RateLimit
-from shoal._results import BatchReport, ItemResult
-from shoal._retry import RetryPolicy
+from shoal._core.options import Options
+from shoal._core.results import BatchReport, ItemResult
+from shoal._policies.rate import RateLimit
+from shoal._policies.retry import RetryPolicy
 from shoal._split import iter_batches, merge, split
 
 __version__ = "0.1.0"
 
 if _typing.TYPE_CHECKING:
-    from shoal._checkpoint import open_checkpoint
-    from shoal._progress import ProgressEvent
+    from shoal._sinks.checkpoint import open_checkpoint
+    from shoal._sinks.progress import ProgressEvent
 
 # Imported on first use, so that ``import shoal`` stays light (the checkpoint
 # store brings sqlite3 and cloudpickle; progress brings its renderers).
-_LAZY = {"open_checkpoint": "shoal._checkpoint", "ProgressEvent": "shoal._progress"}
+_LAZY = {"open_checkpoint": "shoal._sinks.checkpoint", "ProgressEvent": "shoal._sinks.progress"}
 
 
 def __getattr__(name: str) -> _typing.Any:

@@ -22,8 +22,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, TypeAlias
 
-from shoal._errors import BackendUnavailable, InvalidItemsError, InvalidOptionError
-from shoal._results import BatchReport, ItemResult
+from shoal._core.errors import BackendUnavailable, InvalidItemsError, InvalidOptionError
+from shoal._core.results import BatchReport, ItemResult
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -20,7 +20,7 @@ import itertools
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
-from shoal._errors import InvalidItemsError, InvalidOptionError
+from shoal._core.errors import InvalidItemsError, InvalidOptionError
 
 __all__ = ["iter_batches", "merge", "split"]
 

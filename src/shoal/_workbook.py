@@ -31,7 +31,7 @@ from typing import Any
 
 import shoal
 from shoal._backends._base import cpu_count
-from shoal._errors import InvalidOptionError
+from shoal._core.errors import InvalidOptionError
 from shoal.graph import BatchNode, Graph, MetricsNode, Node, ParallelBatchNode
 
 __all__ = ["WORKLOADS", "BenchmarkResult", "ModeRun", "WorkbookResult", "benchmark", "compare",
@@ -68,7 +68,7 @@ def default_workers(workload: str) -> int:
 
 def parallel_backend(workload: str) -> str:
     """Threads for I/O; processes for CPU-bound work when that backend is installed."""
-    if workload != "io" and importlib.util.find_spec("shoal._backends._processes") is not None:
+    if workload != "io" and importlib.util.find_spec("shoal._backends._processes.pool") is not None:
         return "processes"
     return "threads"
 

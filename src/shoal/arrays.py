@@ -47,8 +47,8 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Sized
 from typing import Any, Literal, NamedTuple
 
-from shoal._api import imap
-from shoal._errors import BackendUnavailable, InvalidOptionError
+from shoal._core.api import imap
+from shoal._core.errors import BackendUnavailable, InvalidOptionError
 from shoal._split import iter_batches
 
 __all__ = [

@@ -23,10 +23,10 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from shoal._api import aimap, arun_batch
-from shoal._errors import InvalidOptionError, ShoalError
-from shoal._options import Options
-from shoal._results import ItemResult
+from shoal._core.api import aimap, arun_batch
+from shoal._core.errors import InvalidOptionError, ShoalError
+from shoal._core.options import Options
+from shoal._core.results import ItemResult
 
 __all__ = [
     "BaseNode", "BatchProcessor", "BatchResult", "FilterNode", "ListNode", "MapNode",

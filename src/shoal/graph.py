@@ -31,10 +31,10 @@ from contextlib import aclosing
 from typing import Any, TypeVar
 
 import shoal
-from shoal._bridge import arun
-from shoal._errors import InvalidOptionError
-from shoal._results import ItemResult
-from shoal._retry import RetryPolicy
+from shoal._core.bridge import arun
+from shoal._core.errors import InvalidOptionError
+from shoal._core.results import ItemResult
+from shoal._policies.retry import RetryPolicy
 
 __all__ = [
     "AsyncBatchNode",

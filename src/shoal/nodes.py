@@ -38,11 +38,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from shoal._api import arun_batch
-from shoal._errors import InvalidOptionError
-from shoal._options import Options
-from shoal._results import BatchReport, ItemResult
-from shoal._retry import RetryPolicy
+from shoal._core.api import arun_batch
+from shoal._core.errors import InvalidOptionError
+from shoal._core.options import Options
+from shoal._core.results import BatchReport, ItemResult
+from shoal._policies.retry import RetryPolicy
 
 __all__ = [
     "AsyncNode",

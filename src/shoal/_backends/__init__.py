@@ -19,8 +19,8 @@ _REGISTRY: dict[str, str] = {
     "sequential": "shoal._backends._sequential:SequentialBackend",
     "threads": "shoal._backends._threads:ThreadBackend",
     "asyncio": "shoal._backends._asyncio:AsyncioBackend",
-    "processes": "shoal._backends._processes:ProcessBackend",
-    "dask": "shoal._backends._dask:DaskBackend",
+    "processes": "shoal._backends._processes.pool:ProcessBackend",
+    "dask": "shoal._backends._dask.backend:DaskBackend",
 }
 
 

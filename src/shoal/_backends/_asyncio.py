@@ -36,11 +36,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from shoal._backends._base import Backend
-from shoal._calling import Outcome
-from shoal._engine import WAIT_FOR_SIGNAL
+from shoal._core.calling import Outcome
+from shoal._core.engine import WAIT_FOR_SIGNAL
 
 if TYPE_CHECKING:
-    from shoal._engine import Engine, Task
+    from shoal._core.engine import Engine, Task
 
 #: largest lot: items pulled from the input at once (no more than ``workers``)
 LOT_MAX = 1024

@@ -7,10 +7,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from shoal._options import Options
+from shoal._core.options import Options
 
 if TYPE_CHECKING:
-    from shoal._engine import Engine, Task
+    from shoal._core.engine import Engine, Task
 
 
 def cpu_count() -> int:

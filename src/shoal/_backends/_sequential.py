@@ -7,10 +7,10 @@ import time
 from typing import TYPE_CHECKING
 
 from shoal._backends._base import InlineBackend
-from shoal._calling import close_thread_loop, run_chunk, run_chunk_async, sync_caller
+from shoal._core.calling import close_thread_loop, run_chunk, run_chunk_async, sync_caller
 
 if TYPE_CHECKING:
-    from shoal._engine import Engine
+    from shoal._core.engine import Engine
 
 
 class SequentialBackend(InlineBackend):

@@ -15,10 +15,10 @@ import threading
 from typing import TYPE_CHECKING
 
 from shoal._backends._base import Backend, cpu_count
-from shoal._calling import Outcome, close_thread_loop, run_chunk, sync_caller
+from shoal._core.calling import Outcome, close_thread_loop, run_chunk, sync_caller
 
 if TYPE_CHECKING:
-    from shoal._engine import Engine, Task
+    from shoal._core.engine import Engine, Task
 
 _pool_ids = itertools.count(1)
 

@@ -45,8 +45,8 @@ from typing import Any, TypedDict
 
 import cloudpickle
 
-from shoal._errors import CheckpointMismatch, InvalidOptionError, NotPicklable, RemoteTraceback
-from shoal._results import ItemResult
+from shoal._core.errors import CheckpointMismatch, InvalidOptionError, NotPicklable, RemoteTraceback
+from shoal._core.results import ItemResult
 
 __all__ = ["CheckpointStore", "CheckpointSummary", "open_checkpoint", "summarize"]
 

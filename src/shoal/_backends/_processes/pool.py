@@ -62,9 +62,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from shoal._backends._base import Backend, cpu_count
-from shoal._backends._chunk_sizer import ChunkSizer
-from shoal._backends._procworker import ForkServerHandle, describe_exit, start_fork_server
-from shoal._backends._wire import (
+from shoal._backends._processes.child import ForkServerHandle, describe_exit, start_fork_server
+from shoal._backends._processes.protocol import (
     BATCH_DONE,
     FATAL,
     ITEM_DONE,
@@ -93,14 +92,15 @@ from shoal._backends._wire import (
     with_remote_traceback,
     worker_payload,
 )
-from shoal._calling import Outcome
-from shoal._errors import BackendUnavailable, BrokenBackend, WorkerCrashed
-from shoal._options import Options
+from shoal._core.calling import Outcome
+from shoal._core.errors import BackendUnavailable, BrokenBackend, WorkerCrashed
+from shoal._core.options import Options
+from shoal._policies.chunking import ChunkSizer
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from shoal._engine import Engine, Task
+    from shoal._core.engine import Engine, Task
 
 #: a pool whose workers die this many times in a row before they are ready is broken
 MAX_STARTUP_DEATHS = 3

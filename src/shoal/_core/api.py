@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
-from shoal._bridge import arun, iterate_in_thread
-from shoal._drive import Run
-from shoal._engine import Segment
-from shoal._options import OnError, Options
-from shoal._results import BatchReport, ItemResult
+from shoal._core.bridge import arun, iterate_in_thread
+from shoal._core.engine import Segment
+from shoal._core.options import OnError, Options
+from shoal._core.results import BatchReport, ItemResult
+from shoal._core.run import Run
 
 T = TypeVar("T")
 

@@ -15,9 +15,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from shoal._errors import InvalidOptionError
-from shoal._hooks import RunInfo, RunObserver
-from shoal._results import BatchReport, ItemResult
+from shoal._core.errors import InvalidOptionError
+from shoal._core.results import BatchReport, ItemResult
+from shoal._sinks.base import RunInfo, RunObserver
 
 __all__ = [
     "CallbackProgress", "LineProgress", "ProgressEvent", "RateEstimator", "TqdmProgress",

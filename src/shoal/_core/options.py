@@ -30,9 +30,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
-from shoal._errors import InvalidOptionError
-from shoal._ratelimit import RateLimit, as_rate_limit
-from shoal._retry import RetryPolicy, as_retry_policy
+from shoal._core.errors import InvalidOptionError
+from shoal._policies.rate import RateLimit, as_rate_limit
+from shoal._policies.retry import RetryPolicy, as_retry_policy
 
 OnError = Literal["all_or_nothing", "skip_failed", "collect_errors"]
 ON_ERROR_CHOICES: tuple[str, ...] = ("all_or_nothing", "skip_failed", "collect_errors")

@@ -59,7 +59,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from shoal._backends._wire import (
+from shoal._backends._processes.protocol import (
     BATCH_DONE,
     FATAL,
     ITEM_DONE,
@@ -84,13 +84,13 @@ from shoal._backends._wire import (
     send_frame,
     worker_socketpair,
 )
-from shoal._calling import run_chunk, sync_caller
-from shoal._errors import BrokenBackend, NotPicklable
+from shoal._core.calling import run_chunk, sync_caller
+from shoal._core.errors import BrokenBackend, NotPicklable
 
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 #: how long reaping may take once a pidfd has said the process exited
 GRACE_AFTER_EXIT = 1.0
-_EXEC_SCRIPT = "from shoal._backends._procworker import serve_exec; serve_exec()"
+_EXEC_SCRIPT = "from shoal._backends._processes.child import serve_exec; serve_exec()"
 
 
 # -------------------------------------------------------------------- worker
@@ -403,7 +403,8 @@ def start_fork_server(payload: bytes) -> ForkServerHandle:
         theirs.close()
         return ForkServerHandle(pid, ours, None)
     # The directory holding the shoal package, for the fresh interpreter's imports.
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__)))))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
     try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shoal._errors import InvalidOptionError
+from shoal._core.errors import InvalidOptionError
 
 
 @dataclass(frozen=True)

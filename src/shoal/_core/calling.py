@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from shoal._bridge import arun, in_running_loop
+from shoal._core.bridge import arun, in_running_loop
 
 if TYPE_CHECKING:
     import asyncio

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from shoal._errors import BackendUnavailable, BrokenBackend
+from shoal._core.errors import BackendUnavailable, BrokenBackend
 
 
 def import_distributed() -> Any:

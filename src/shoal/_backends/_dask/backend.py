@@ -62,8 +62,7 @@ from typing import TYPE_CHECKING, Any
 import cloudpickle
 
 from shoal._backends._base import Backend
-from shoal._backends._dask_chunks import ChunkPlan
-from shoal._backends._dask_client import (
+from shoal._backends._dask.client import (
     Connection,
     cleanup,
     connect,
@@ -71,9 +70,9 @@ from shoal._backends._dask_client import (
     gather_direct,
     import_distributed,
 )
-from shoal._backends._dask_worker import Pickled, Reply, dumps, run_part, unpack
-from shoal._calling import Outcome
-from shoal._errors import (
+from shoal._backends._dask.worker import Pickled, Reply, dumps, run_part, unpack
+from shoal._core.calling import Outcome
+from shoal._core.errors import (
     BrokenBackend,
     InvalidOptionError,
     NotPicklable,
@@ -81,10 +80,11 @@ from shoal._errors import (
     ShoalError,
     WorkerCrashed,
 )
-from shoal._options import Options
+from shoal._core.options import Options
+from shoal._policies.dask_chunks import ChunkPlan
 
 if TYPE_CHECKING:
-    from shoal._engine import Engine, Task
+    from shoal._core.engine import Engine, Task
 
 def _restore(exc: BaseException, tb: str) -> BaseException:
     if tb:

@@ -32,8 +32,8 @@ from typing import Any, SupportsIndex
 
 import cloudpickle
 
-from shoal._calling import run_chunk, sync_caller
-from shoal._errors import NotPicklable
+from shoal._core.calling import run_chunk, sync_caller
+from shoal._core.errors import NotPicklable
 
 
 class Pickled:

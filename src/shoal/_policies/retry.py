@@ -12,7 +12,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from shoal._errors import InvalidOptionError
+from shoal._core.errors import InvalidOptionError
 
 RetryPredicate = Callable[[BaseException], bool]
 

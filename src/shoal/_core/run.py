@@ -17,15 +17,15 @@ import time
 from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
 from typing import Any
 
-from shoal._auto import PROBE_MAX_ITEMS, PROBE_MAX_SECONDS, ProbeSample, choose_backend
 from shoal._backends import Backend, InlineBackend, backend_class
 from shoal._backends._base import cpu_count, default_window
-from shoal._calling import is_async_callable
-from shoal._engine import Engine, Segment
-from shoal._errors import BatchInterrupted, InvalidItemsError, InvalidOptionError, NotPicklable
-from shoal._hooks import ResultStore, RunInfo, RunObserver
-from shoal._options import Options
-from shoal._results import BatchReport, ItemResult
+from shoal._core.calling import is_async_callable
+from shoal._core.engine import Engine, Segment
+from shoal._core.errors import BatchInterrupted, InvalidItemsError, InvalidOptionError, NotPicklable
+from shoal._core.options import Options
+from shoal._core.results import BatchReport, ItemResult
+from shoal._policies.auto import PROBE_MAX_ITEMS, PROBE_MAX_SECONDS, ProbeSample, choose_backend
+from shoal._sinks.base import ResultStore, RunInfo, RunObserver
 
 #: chunk size of the inline backend once auto has chosen it for tiny items
 TINY_CHUNK = 4096
@@ -84,7 +84,7 @@ class Run:
                              chunk_size=chunk, max_in_flight=max_in_flight, store=self.store)
         self.observers: list[RunObserver] = []
         if opts.progress:
-            from shoal._progress import make_progress
+            from shoal._sinks.progress import make_progress
 
             obs = make_progress(opts.progress, opts.total)
             if obs is not None:
@@ -149,7 +149,7 @@ class Run:
         exhausted = self.engine.exhausted
         remaining = None if self.total is None else max(0, self.total - n)
         sample = ProbeSample(n, wall, cpu, exhausted, remaining)
-        available = importlib.util.find_spec("shoal._backends._processes") is not None
+        available = importlib.util.find_spec("shoal._backends._processes.pool") is not None
         name, self.reason = choose_backend(False, sample, cpu_count(), available)
         self.reason = f"auto: {self.reason}"
         try:
@@ -381,6 +381,6 @@ def _open_store(spec: Any, fn: Callable[[Any], Any]) -> ResultStore | None:
         return None
     if isinstance(spec, ResultStore):
         return spec
-    from shoal._checkpoint import open_checkpoint
+    from shoal._sinks.checkpoint import open_checkpoint
 
     return open_checkpoint(spec, fn)

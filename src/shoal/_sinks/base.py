@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from shoal._results import BatchReport, ItemResult
+from shoal._core.results import BatchReport, ItemResult
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from shoal._results import BatchReport
+    from shoal._core.results import BatchReport
 
 
 class ShoalError(Exception):

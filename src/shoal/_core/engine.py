@@ -36,11 +36,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from shoal._calling import Outcome
-from shoal._hooks import ResultStore
-from shoal._options import Options
-from shoal._ratelimit import TokenBucket
-from shoal._results import ItemResult
+from shoal._core.calling import Outcome
+from shoal._core.options import Options
+from shoal._core.results import ItemResult
+from shoal._policies.rate import TokenBucket
+from shoal._sinks.base import ResultStore
 
 WAIT_FOR_SIGNAL = math.inf  # acquire(): nothing to do until woken
 

@@ -38,7 +38,7 @@ from typing import Any
 
 import cloudpickle
 
-from shoal._errors import NotPicklable, RemoteTraceback
+from shoal._core.errors import NotPicklable, RemoteTraceback
 
 PICKLE_PROTOCOL = 5
 

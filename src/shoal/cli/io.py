@@ -33,9 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, TextIO
 
-from shoal._calling import is_async_callable
-from shoal._hooks import RunInfo, RunObserver
-from shoal._results import BatchReport, ItemResult
+from shoal._core.calling import is_async_callable
+from shoal._core.results import BatchReport, ItemResult
+from shoal._sinks.base import RunInfo, RunObserver
 
 FORMATS = ("jsonl", "csv", "lines")
 _EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv",

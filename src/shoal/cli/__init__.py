@@ -15,7 +15,7 @@
 ``MODULE`` is a dotted module importable from the current directory, or a path
 to a .py file. Input is JSON lines, CSV (one dict per row) or plain lines,
 chosen by extension or ``--format``; ``-`` reads stdin. Output is JSON lines,
-one record per input record (see ``shoal._cli_io``), written to
+one record per input record (see ``shoal.cli.io``), written to
 ``OUTPUT.partial`` and renamed to ``OUTPUT`` when complete. With
 ``--checkpoint``, an interrupted or killed run resumes when re-run: finished
 items are restored from the checkpoint, not computed again (failed ones get
@@ -42,8 +42,10 @@ from types import FrameType
 from typing import Any
 
 import shoal
-from shoal._calling import is_async_callable
-from shoal._cli_io import (
+from shoal._core.calling import is_async_callable
+from shoal._core.errors import BatchInterrupted, ShoalError
+from shoal._core.options import BACKENDS
+from shoal.cli.io import (
     FORMATS,
     CliError,
     OutputWriter,
@@ -56,8 +58,6 @@ from shoal._cli_io import (
     read_records,
     result_line,
 )
-from shoal._errors import BatchInterrupted, ShoalError
-from shoal._options import BACKENDS
 
 __all__ = ["DEMO_CHECKPOINT", "DEMO_OUTPUT", "main"]
 
@@ -200,7 +200,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     store = None
     try:
         if checkpoint is not None:
-            from shoal._checkpoint import open_checkpoint
+            from shoal._sinks.checkpoint import open_checkpoint
 
             store = open_checkpoint(checkpoint, fn)  # fingerprints fn, not our wrapper
         writer = OutputWriter(output)
@@ -215,7 +215,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _stream_results(args: argparse.Namespace, fn: Callable[[Any], Any], source: Iterable[Any],
                     total: int | None, writer: OutputWriter, store: Any,
                     checkpoint: str | None) -> int:
-    from shoal._progress import make_progress
+    from shoal._sinks.progress import make_progress
 
     tally = Tally(make_progress(args.progress, total))
     options: dict[str, Any] = {
@@ -290,7 +290,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
 
 def _local_backends(fn: Callable[[Any], Any]) -> list[str]:
     names = ["sequential", "threads"]
-    if importlib.util.find_spec("shoal._backends._processes") is not None:
+    if importlib.util.find_spec("shoal._backends._processes.pool") is not None:
         names.append("processes")
     if is_async_callable(fn):
         names.append("asyncio")
@@ -347,7 +347,7 @@ def _when(epoch: float | None) -> str:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from shoal._checkpoint import summarize
+    from shoal._sinks.checkpoint import summarize
 
     s = summarize(args.checkpoint)
     share = f" = {s['ok'] / s['total']:.1%}" if s["total"] else ""
@@ -397,6 +397,3 @@ def main(argv: Sequence[str] | None = None) -> int:
               "(set SHOAL_DEBUG=1 for the traceback)", file=sys.stderr)
         return EXIT_ITEMS_FAILED
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The Dask backend: driver side (backend), worker side (worker), client choice (client)."""

@@ -1,0 +1,1 @@
+"""The process backend: the driver's hub (pool), the children (child), the wire (protocol)."""

@@ -1,0 +1,1 @@
+"""The engine and everything one run is made of: options, scheduling, results, errors."""

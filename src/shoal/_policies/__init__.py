@@ -1,0 +1,1 @@
+"""Pure decisions: retry, rate limit, chunk sizes, the auto backend choice."""

@@ -1,0 +1,1 @@
+"""Where settled results go besides the caller: checkpoint, progress, hooks."""
