@@ -13,6 +13,10 @@ else::
     ├── BrokenBackend(ShoalError, RuntimeError)      the pool itself died
     ├── WorkerCrashed(ShoalError, RuntimeError)      per item: its worker died
     ├── NotPicklable(ShoalError, TypeError)          fn/item/result cannot cross
+    ├── RemoteError(ShoalError)                      an item's exception that could only
+    │                                                travel as data (type name, message,
+    │                                                traceback): unpicklable, or restored
+    │                                                from a checkpoint
     └── RemoteTraceback(ShoalError)                  a worker-side traceback, as __cause__
     BatchInterrupted(KeyboardInterrupt)              Ctrl-C; carries the partial report
 """
@@ -67,6 +71,30 @@ class WorkerCrashed(ShoalError, RuntimeError):
 
 class NotPicklable(ShoalError, TypeError):
     """A function, item or result cannot be serialized to cross to a worker."""
+
+
+class RemoteError(ShoalError):
+    """An item's exception known only as data: its type's name, message and traceback.
+
+    What an item failed with when its exception could not be pickled to cross
+    from a worker (on every backend alike), and what a checkpoint restores for
+    an exception whose type is not a builtin: the checkpoint never unpickles
+    an exception, so reading one back cannot run code.
+
+    Attributes:
+        type_name: the original type, ``"ValueError"`` or ``"module.QualName"``.
+        message: ``str()`` of the original exception.
+        traceback: its formatted traceback (worker side), or "".
+    """
+
+    def __init__(self, type_name: str, message: str, traceback: str = "") -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.message = message
+        self.traceback = traceback
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.type_name, self.message, self.traceback))
 
 
 class RemoteTraceback(ShoalError):
