@@ -29,6 +29,8 @@ class ItemResult(Generic[T]):
             this is the chunk's time divided by its size.
         worker: which worker ran it (thread name, ``pid:1234``, a Dask address).
         restored: True when the result came from a checkpoint, not a new run.
+        started: when its last attempt started, in seconds since the epoch
+            (``time.time()``); 0.0 when unknown.
     """
 
     index: int
@@ -40,6 +42,7 @@ class ItemResult(Generic[T]):
     duration: float = 0.0
     worker: str = ""
     restored: bool = False
+    started: float = 0.0
 
     @property
     def traceback(self) -> str:
@@ -82,6 +85,8 @@ class BatchReport(Generic[T]):
         workers: how many workers ran.
         wall_time: seconds from start to the last result.
         interrupted: True when Ctrl-C stopped the batch early.
+        started_at: when the run started, in seconds since the epoch.
+        settings: the run's options as given (name -> value), for reports.
     """
 
     results: list[ItemResult[T]]
@@ -90,6 +95,8 @@ class BatchReport(Generic[T]):
     workers: int
     wall_time: float
     interrupted: bool = False
+    started_at: float = 0.0
+    settings: dict[str, Any] = field(default_factory=dict)
     _sorted_durations: list[float] | None = field(default=None, repr=False)
 
     @property
