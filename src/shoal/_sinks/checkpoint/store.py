@@ -1,71 +1,59 @@
 """A durable checkpoint: an SQLite file from which an interrupted batch resumes.
 
-One row per settled item, keyed by its index, holds:
-
-* the item's fingerprint: blake2b (16 bytes, hex) of ``json.dumps(item,
-  sort_keys=True)`` when JSON can hold the item, else of ``pickle.dumps(item,
-  protocol=5)`` -- for non-JSON items it is only as stable as their pickle;
-* a value as JSON text (tag ``'json'``) when ``json.dumps`` round-trips it with
-  the same types, else as a cloudpickle blob (tag ``'pickle'``). Pickled values
-  load only where the same classes are importable, and loading a pickle can run
-  code: open only checkpoints you made. A value that cannot be stored is
-  skipped with a warning, and its item runs again on resume;
-* a failure's exception type name, message, formatted traceback and, when it
-  survives a pickle round trip, a pickled copy. Restoring rebuilds it from the
-  copy, else as ``RuntimeError("Type: message")``, with the traceback text
-  attached as a ``RemoteTraceback`` cause;
-* attempts, duration, worker and when it was recorded.
-
-A ``meta`` table holds the job: ``module:qualname`` of the function and a hash
-of its bytecode, constants and names (nested code included), so a checkpoint
-belongs to one function on one Python minor version.
+The file's layout is in ``format.py``, the authentication of its pickled rows
+in ``keys.py``, the one-run-at-a-time lock in ``lock.py``.
 
 WAL journal, ``synchronous=NORMAL``, batched commits: after a crash or SIGKILL
-the file is consistent and holds every committed batch; the rows of the batch
-not yet committed are simply recomputed on resume.
+the file is consistent and holds every committed batch; the rows not yet
+committed are simply recomputed on resume. A batch is committed once it holds
+``batch_size`` results, or ``commit_interval`` seconds after the last commit
+*by the clock*: a timer thread of the store commits what is buffered even when
+no further result comes (a slow item stalls delivery, or the caller holds the
+``imap`` generator), so a kill never loses more than that interval of work.
+
+``record`` takes results in any index order, from any thread; ``restore``
+sees every recorded result, committed or still buffered.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
 import os
-import pickle
+import secrets
 import sqlite3
 import sys
 import threading
 import time
-import traceback
 import warnings
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import CodeType, TracebackType
+from types import TracebackType
 from typing import Any, TypedDict
 
-import cloudpickle
-
-from shoal._core.errors import CheckpointMismatch, InvalidOptionError, NotPicklable, RemoteTraceback
+from shoal._core import wire
+from shoal._core.errors import CheckpointMismatch, CheckpointUntrusted, InvalidOptionError
 from shoal._core.results import ItemResult
+from shoal._sinks.checkpoint.format import (
+    FIX,
+    FORMAT,
+    INSERT_ROW,
+    SCHEMA_VERSION,
+    StoredRow,
+    create,
+    encode_value,
+    item_fingerprint,
+    job_fingerprint,
+    read_meta,
+    reading,
+)
+from shoal._sinks.checkpoint.keys import RowSigner
+from shoal._sinks.checkpoint.lock import CheckpointLock
 
 __all__ = ["CheckpointStore", "CheckpointSummary", "open_checkpoint", "summarize"]
 
-_FORMAT = "shoal-checkpoint"
-_SCHEMA_VERSION = "1"
-_FIX = "delete the file or pass another checkpoint path"
 # Indirection so tests can drive the commit timer without sleeping.
 _monotonic = time.monotonic
-
-_SCHEMA = """
-CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE results (
-    idx INTEGER PRIMARY KEY, fingerprint TEXT NOT NULL, ok INTEGER NOT NULL,
-    value_kind TEXT, value BLOB,  -- kind 'json' | 'pickle', NULL for a failure
-    error_type TEXT, error_message TEXT, error_traceback TEXT, error_pickle BLOB,
-    attempts INTEGER NOT NULL, duration REAL NOT NULL, worker TEXT NOT NULL,
-    recorded_at REAL NOT NULL);
-"""
-_Row = tuple[Any, ...]
 
 
 class CheckpointSummary(TypedDict):
@@ -82,114 +70,12 @@ class CheckpointSummary(TypedDict):
     errors_by_type: dict[str, int]  # most common first
 
 
-def _digest(data: bytes) -> str:
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
+def connect(path: str | os.PathLike[str], *, readonly: bool) -> tuple[Path, sqlite3.Connection]:
+    """Validate ``path`` and open it; the caller checks the contents.
 
-
-def _item_fingerprint(item: Any) -> str:
-    """Hash of the item's canonical form (tagged so JSON and pickle never collide)."""
-    try:
-        data = b"j" + json.dumps(item, sort_keys=True, separators=(",", ":")).encode()
-    except (TypeError, ValueError, RecursionError):
-        try:
-            data = b"p" + pickle.dumps(item, protocol=5)
-        except Exception as exc:
-            msg = f"a checkpoint cannot fingerprint a {type(item).__name__} item: {exc}"
-            raise NotPicklable(msg) from exc
-    return _digest(data)
-
-
-def _const_key(const: Any) -> str:
-    # Canonical text of a code constant. frozenset order follows string
-    # hashing, which is randomized per process, so its members are sorted.
-    if isinstance(const, CodeType):
-        return "code:" + _code_digest(const)
-    if isinstance(const, tuple):
-        return "(" + ",".join(_const_key(c) for c in const) + ")"
-    if isinstance(const, frozenset):
-        return "{" + ",".join(sorted(_const_key(c) for c in const)) + "}"
-    return f"{type(const).__name__}:{const!r}"
-
-
-def _code_digest(code: CodeType) -> str:
-    # co_names is included beyond co_code/co_consts: `math.floor(x)` and
-    # `math.ceil(x)` differ only there.
-    parts = [code.co_code, repr(code.co_names).encode()]
-    parts += [_const_key(c).encode() for c in code.co_consts]
-    return _digest(b"\0".join(parts))
-
-
-def _job_fingerprint(fn: Callable[..., Any]) -> tuple[str, str]:
-    """Return ``(module:qualname, code hash)`` identifying the job's function."""
-    if isinstance(fn, functools.partial):
-        name, code_hash = _job_fingerprint(fn.func)
-        try:  # bound arguments change results, so they are part of the job
-            bound = _item_fingerprint((fn.args, sorted(fn.keywords.items())))
-        except Exception:
-            bound = "unhashable"
-        return f"functools.partial({name})", _digest(f"{code_hash}:{bound}".encode())
-    # Functions and classes carry a __qualname__; a callable instance does not,
-    # so it is named by its type and hashed by its type's __call__.
-    owner = fn if hasattr(fn, "__qualname__") else type(fn)
-    name = f"{getattr(owner, '__module__', None)}:{owner.__qualname__}"
-    init = getattr(fn, "__init__", None) if isinstance(fn, type) else None
-    for candidate in (fn, init, type(fn).__call__):
-        code = getattr(candidate, "__code__", None)
-        if isinstance(code, CodeType):
-            return name, _code_digest(code)
-    return name, _digest(name.encode())  # builtins: the name is all there is
-
-
-def _json_exact(a: Any, b: Any) -> bool:
-    # Equality alone would accept (1, 2) -> [1, 2] or an IntEnum -> int.
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, list):
-        return len(a) == len(b) and all(_json_exact(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(_json_exact(a[k], b[k]) for k in a)
-    return bool(a == b)
-
-
-def _encode_value(value: Any) -> tuple[str, str | bytes]:
-    """Return ``('json', text)`` or ``('pickle', blob)``; raises if unpicklable."""
-    try:
-        text = json.dumps(value)
-        if _json_exact(value, json.loads(text)):
-            return "json", text
-    except (TypeError, ValueError, RecursionError):
-        pass
-    return "pickle", cloudpickle.dumps(value, protocol=5)
-
-
-def _encode_error(err: BaseException) -> tuple[str, str, str, bytes | None]:
-    tb = "".join(traceback.format_exception(err))
-    blob: bytes | None
-    try:  # many exceptions pickle but fail to unpickle (custom __init__)
-        blob = cloudpickle.dumps(err, protocol=5)
-        pickle.loads(blob)
-    except Exception:
-        blob = None
-    return type(err).__name__, str(err), tb, blob
-
-
-def _decode_error(type_name: str, message: str, tb: str, blob: bytes | None) -> BaseException:
-    err: BaseException | None = None
-    if blob is not None:
-        try:
-            loaded = pickle.loads(blob)
-            err = loaded if isinstance(loaded, BaseException) else None
-        except Exception:  # the class moved or changed since the run
-            err = None
-    if err is None:
-        err = RuntimeError(f"{type_name}: {message}")
-    if tb:
-        err.__cause__ = RemoteTraceback(tb)
-    return err
-
-
-def _connect(path: str | os.PathLike[str], *, readonly: bool) -> tuple[Path, sqlite3.Connection]:
-    """Validate ``path`` and open it; the caller checks the contents."""
+    Raises:
+        InvalidOptionError: ``path`` is a directory, missing (``readonly``) or unwritable.
+    """
     p = Path(os.fspath(path))
     if p.is_dir():
         raise InvalidOptionError(f"checkpoint path {p} is a directory; pass a file such as "
@@ -212,49 +98,30 @@ def _connect(path: str | os.PathLike[str], *, readonly: bool) -> tuple[Path, sql
             conn = sqlite3.connect(p.absolute().as_uri() + "?mode=ro", uri=True)
         else:
             conn = sqlite3.connect(p, isolation_level=None, check_same_thread=False)
+        # Defence in depth: SQL functions with side effects never run from the schema.
+        conn.execute("PRAGMA trusted_schema=OFF")
     except sqlite3.Error as exc:
         raise InvalidOptionError(f"cannot open checkpoint {p}: {exc}; pass another path") from exc
     return p, conn
 
 
-def _read_meta(p: Path, conn: sqlite3.Connection) -> dict[str, str] | None:
-    """The meta table of a shoal checkpoint, or None for an empty database.
-
-    Raises:
-        CheckpointMismatch: the file is not a shoal checkpoint.
-    """
-    def not_ours(why: str) -> CheckpointMismatch:
-        return CheckpointMismatch(f"{p} is not a shoal checkpoint ({why}); {_FIX}")
-
-    try:
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if not tables:
-            return None
-        if not {"meta", "results"} <= tables:
-            raise not_ours("an SQLite database without shoal's meta table")
-        meta = {str(k): str(v) for k, v in conn.execute("SELECT key, value FROM meta")}
-    except sqlite3.DatabaseError as exc:
-        raise not_ours(f"not an SQLite database: {exc}") from exc
-    if meta.get("format") != _FORMAT:
-        raise not_ours("its meta table was not written by shoal")
-    if meta.get("schema") != _SCHEMA_VERSION:
-        raise CheckpointMismatch(f"{p} was made by another shoal version (schema "
-                                 f"{meta.get('schema')}, not {_SCHEMA_VERSION}); {_FIX}")
-    return meta
-
-
 def _summary(p: Path, meta: dict[str, str], conn: sqlite3.Connection) -> CheckpointSummary:
-    total, ok, last = conn.execute(
-        "SELECT count(*), coalesce(sum(ok), 0), max(recorded_at) FROM results"
-    ).fetchone()
-    by_type = conn.execute(
-        "SELECT error_type, count(*) AS n FROM results WHERE ok = 0 "
-        "GROUP BY error_type ORDER BY n DESC, error_type"
-    ).fetchall()
+    with reading(p):
+        total, ok, last = conn.execute(
+            "SELECT count(*), coalesce(sum(ok), 0), max(recorded_at) FROM results"
+        ).fetchone()
+        rows = conn.execute(
+            "SELECT error_type, count(*) FROM results WHERE ok = 0 GROUP BY error_type")
+        # By the class's own name, as BatchReport.errors_by_type counts them
+        # (the file holds "module.QualName" for a class outside builtins).
+        by_type: Counter[str] = Counter()
+        for name, n in rows:
+            by_type[str(name).rpartition(".")[2]] += n
     return CheckpointSummary(
         path=str(p), job=meta["job"], python=meta.get("python", "?"),
         created=float(meta["created"]), last_update=last, total=total, ok=ok,
-        failed=total - ok, errors_by_type={str(t): n for t, n in by_type},
+        failed=total - ok,
+        errors_by_type=dict(sorted(by_type.items(), key=lambda kv: (-kv[1], kv[0]))),
     )
 
 
@@ -264,10 +131,11 @@ def summarize(path: str | os.PathLike[str]) -> CheckpointSummary:
     Raises:
         InvalidOptionError: ``path`` is a directory or does not exist.
         CheckpointMismatch: the file is not a shoal checkpoint.
+        CheckpointDamaged: SQLite finds the file corrupt.
     """
-    p, conn = _connect(path, readonly=True)
+    p, conn = connect(path, readonly=True)
     try:
-        meta = _read_meta(p, conn)
+        meta = read_meta(p, conn)
         if meta is None:
             raise CheckpointMismatch(f"{p} is not a shoal checkpoint (an empty database)")
         return _summary(p, meta, conn)
@@ -277,7 +145,8 @@ def summarize(path: str | os.PathLike[str]) -> CheckpointSummary:
 
 def open_checkpoint(
     path: str | os.PathLike[str], fn: Callable[..., Any], *, retry_failed: bool = True,
-    batch_size: int = 256, commit_interval: float = 0.5,
+    batch_size: int = 256, commit_interval: float = 0.5, key: str | bytes | None = None,
+    trust_pickles: bool = False,
 ) -> CheckpointStore:
     """Open (or create) the checkpoint of running ``fn`` at ``path``.
 
@@ -286,72 +155,101 @@ def open_checkpoint(
         fn: the job's function; a checkpoint of another function is refused.
         retry_failed: run stored failures again (True) or restore them (False).
         batch_size: commit once this many results are buffered.
-        commit_interval: or once this many seconds passed since the last commit
-            (checked when results are recorded).
+        commit_interval: and at most this many seconds after the last commit,
+            by the clock, whether or not more results come.
+        key: the secret that authenticates pickled rows (at least 16
+            characters); default ``$SHOAL_CHECKPOINT_KEY``, else the user's key
+            file (created on first use).
+        trust_pickles: load pickled rows whose tag does not verify (a file
+            made elsewhere). Loading a pickle can run any code its author chose:
+            only for files you trust.
 
     Raises:
-        InvalidOptionError: bad ``batch_size``/``commit_interval``, or ``path``
-            is a directory or cannot be written.
+        InvalidOptionError: a bad option, or ``path`` is a directory or cannot be written.
         CheckpointMismatch: the file is not a shoal checkpoint, or was made by
-            another function.
+            another function or another shoal version.
+        CheckpointInUse: another run has the checkpoint open.
+        CheckpointDamaged: SQLite finds the file corrupt.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InvalidOptionError(f"batch_size must be an int >= 1, got {batch_size!r}")
     if not isinstance(commit_interval, (int, float)) or not commit_interval >= 0:
         raise InvalidOptionError(f"commit_interval must be >= 0 seconds, got {commit_interval!r}")
-    name, code_hash = _job_fingerprint(fn)
-    p, conn = _connect(path, readonly=False)
+    if key is not None and not isinstance(key, (str, bytes)):
+        raise InvalidOptionError(f"key must be a str or bytes, got {type(key).__name__}")
+    name, code_hash = job_fingerprint(fn)
+    p, conn = connect(path, readonly=False)
+    lock: CheckpointLock | None = None
     try:
-        meta = _read_meta(p, conn)
+        lock = CheckpointLock(p)  # before reading: no other run may be creating it now
+        meta = read_meta(p, conn)
         if meta is None:
-            conn.execute("PRAGMA journal_mode=WAL")  # persistent: set once, at creation
-            meta = {"format": _FORMAT, "schema": _SCHEMA_VERSION, "job": name,
-                    "job_code": code_hash, "created": repr(time.time()),
+            meta = {"format": FORMAT, "schema": SCHEMA_VERSION, "id": secrets.token_hex(16),
+                    "job": name, "job_code": code_hash, "created": repr(time.time()),
                     "python": f"{sys.version_info[0]}.{sys.version_info[1]}"}
-            conn.executescript("BEGIN;" + _SCHEMA)  # one transaction: all or nothing
-            conn.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
-            conn.execute("COMMIT")
+            create(conn, meta)
         elif (meta.get("job"), meta.get("job_code")) != (name, code_hash):
             same_name = meta.get("job") == name
             raise CheckpointMismatch(
                 f"checkpoint {p} was made by {meta.get('job')} (Python {meta.get('python')})"
                 f", not by {name}" + (" as it is now (its code changed)" if same_name else "")
-                + f"; {_FIX}"
+                + f"; {FIX}"
             )
         conn.execute("PRAGMA synchronous=NORMAL")  # per connection; WAL keeps it safe
+        signer = RowSigner(meta.get("id", ""), key)
+        with reading(p):  # one bulk read; it also finds damaged pages before any work
+            index = {i: (fp, bool(ok)) for i, fp, ok in
+                     conn.execute("SELECT idx, fingerprint, ok FROM results")}
     except BaseException:
         conn.close()
+        if lock is not None:
+            lock.release()
         raise
-    return CheckpointStore(p, conn, meta, retry_failed, batch_size, float(commit_interval))
+    return CheckpointStore(p, conn, meta, lock, signer, index, retry_failed=retry_failed,
+                           batch_size=batch_size, commit_interval=float(commit_interval),
+                           trust_pickles=trust_pickles)
 
 
 class CheckpointStore:
     """A ``ResultStore`` backed by an SQLite checkpoint; see ``open_checkpoint``."""
 
     def __init__(
-        self, path: Path, conn: sqlite3.Connection, meta: dict[str, str],
-        retry_failed: bool, batch_size: int, commit_interval: float,
+        self, path: Path, conn: sqlite3.Connection, meta: dict[str, str], lock: CheckpointLock,
+        signer: RowSigner, index: dict[int, tuple[str, bool]], *, retry_failed: bool,
+        batch_size: int, commit_interval: float, trust_pickles: bool,
     ) -> None:
         self.path = path
         self.job: str = meta["job"]
         self.retry_failed = retry_failed
+        self.trust_pickles = trust_pickles
         self._meta = meta
+        self._file_lock = lock
+        self._signer = signer
         self._batch_size = batch_size
         self._commit_interval = commit_interval
+        self._key_warned = False
         # The lock guards everything below: the connection (one transaction at
-        # a time; restore() runs on worker threads, record() on the consumer),
-        # the buffer of uncommitted rows and the index map.
+        # a time; restore() runs on worker threads, record() on the consumer,
+        # commits also on the timer thread), the buffer of uncommitted rows,
+        # the index map and the timer's state. _wake is signalled when the
+        # buffer stops being empty and when the store closes.
         self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
         self._conn: sqlite3.Connection | None = conn
-        self._pending: dict[int, _Row] = {}  # index -> row, until the next commit
-        self._index: dict[int, tuple[str, bool]] | None = None  # idx -> (fp, ok), lazy
+        self._pending: dict[int, StoredRow] = {}  # index -> row, until the next commit
+        self._index = index  # idx -> (fingerprint, ok) of every recorded row
         self._last_commit = _monotonic()
+        self._commits = 0  # batches written (tests wait on it)
+        self._timer: threading.Thread | None = None  # started by the first buffered row
+        self._closing = False
+        self._timer_error: BaseException | None = None  # a failed timed commit, raised later
 
     def _db(self) -> sqlite3.Connection:
-        if self._conn is None:
+        if self._conn is None or self._closing:
             raise ValueError(f"checkpoint {self.path} is closed")
         return self._conn
 
+    # ---------------------------------------------------------------- restore
     def restore(self, index: int, item: Any) -> ItemResult[Any] | None:
         """Return the stored result of ``item`` at ``index``, or None to run it.
 
@@ -359,96 +257,169 @@ class CheckpointStore:
 
         Raises:
             CheckpointMismatch: the item stored at ``index`` is another item.
+            CheckpointUntrusted: its value is a pickle that the checkpoint key
+                does not authenticate (and ``trust_pickles`` is False).
+            CheckpointDamaged: SQLite finds the row's pages corrupt.
             NotPicklable: ``item`` can be neither JSON-encoded nor pickled.
             ValueError: the store is closed.
         """
         with self._lock:
-            db = self._db()
-            if self._index is None:  # one bulk read instead of a SELECT per item
-                rows = db.execute("SELECT idx, fingerprint, ok FROM results")
-                self._index = {i: (fp, bool(ok)) for i, fp, ok in rows}
+            self._db()
             entry = self._index.get(index)
         if entry is None:
             return None
-        if _item_fingerprint(item) != entry[0]:
+        if item_fingerprint(item) != entry[0]:
             raise CheckpointMismatch(
                 f"checkpoint {self.path}: the item at index {index} differs from the one "
-                f"the run that made the checkpoint had; the items changed, so {_FIX}"
+                f"the run that made the checkpoint had; the items changed, so {FIX}"
             )
         if not entry[1] and self.retry_failed:
             return None
         with self._lock:
-            row = self._pending.get(index) or self._db().execute(
-                "SELECT * FROM results WHERE idx = ?", (index,)
-            ).fetchone()
-        if row is None:
-            return None
-        _, _, ok, kind, value, etype, emsg, etb, eblob, attempts, duration, worker, _ = row
+            row = self._pending.get(index)
+            if row is None:
+                with reading(self.path):
+                    found = self._db().execute(
+                        "SELECT * FROM results WHERE idx = ?", (index,)).fetchone()
+                row = None if found is None else StoredRow(*found)
+        return None if row is None else self._result(row, item)
+
+    def _result(self, row: StoredRow, item: Any) -> ItemResult[Any] | None:
         result: ItemResult[Any] = ItemResult(
-            index, item, ok=bool(ok), attempts=attempts, duration=duration,
-            worker=worker, restored=True,
+            row.idx, item, ok=bool(row.ok), attempts=row.attempts, duration=row.duration,
+            worker=row.worker, restored=True, started=row.started,
         )
-        if ok:
-            try:
-                result.value = json.loads(value) if kind == "json" else pickle.loads(value)
-            except Exception as exc:  # e.g. its class was renamed since the run
-                msg = f"checkpoint: cannot load the value of item {index} ({exc!r}); rerunning it"
-                warnings.warn(msg, RuntimeWarning, stacklevel=2)
-                return None
-        else:
-            result.error = _decode_error(etype, emsg, etb, eblob)
+        if not row.ok:
+            result.error = wire.restore_error(wire.ErrorData(
+                row.error_type or "", row.error_message or "", row.error_traceback or ""))
+            return result
+        try:
+            if row.value_kind == "json":
+                result.value = json.loads(row.value or "")
+            elif row.value_kind == "pickle" and isinstance(row.value, bytes):
+                self._check_tag(row)
+                result.value = wire.loads(row.value)
+            else:
+                raise ValueError(f"unknown value kind {row.value_kind!r}")
+        except CheckpointUntrusted:
+            raise
+        except Exception as exc:  # e.g. its class was renamed since the run
+            msg = f"checkpoint: cannot load the value of item {row.idx} ({exc!r}); rerunning it"
+            warnings.warn(msg, RuntimeWarning, stacklevel=3)
+            return None
         return result
+
+    def _check_tag(self, row: StoredRow) -> None:
+        assert isinstance(row.value, bytes)
+        if self.trust_pickles or self._signer.verify(
+                row.idx, row.fingerprint, row.value, row.value_tag):
+            return
+        raise CheckpointUntrusted(
+            f"checkpoint {self.path}: row {row.idx} holds a pickled value that "
+            f"{self._signer.source} does not authenticate, so shoal will not load it "
+            "(unpickling can run any code). The file was made with another key (another "
+            "user or machine), or changed since. If you trust it, open it with "
+            "open_checkpoint(..., trust_pickles=True) (shoal run: --trust-pickles); if it "
+            f"was made with a shared key, set SHOAL_CHECKPOINT_KEY to that key; else {FIX}",
+            self.path, row.idx)
+
+    # ----------------------------------------------------------------- record
+    def _encode(self, r: ItemResult[Any], now: float) -> StoredRow:
+        fp = item_fingerprint(r.item)
+        if r.ok:
+            kind, data = encode_value(r.value)
+            tag = self._signer.tag(r.index, fp, data) if isinstance(data, bytes) else None
+            return StoredRow(r.index, fp, 1, kind, data, tag, None, None, None,
+                             r.attempts, r.duration, r.worker, r.started, now)
+        err = wire.ErrorData.of(r.error if r.error is not None else RuntimeError("unknown error"))
+        return StoredRow(r.index, fp, 0, None, None, None, err.type_name, err.message,
+                         err.traceback, r.attempts, r.duration, r.worker, r.started, now)
 
     def record(self, results: Sequence[ItemResult[Any]]) -> None:
         """Buffer ``results`` (restored ones are skipped) and commit when due.
 
+        Any index order, from any thread. A result that cannot be stored is
+        skipped with a warning: its item runs again on resume.
+
         Raises:
             ValueError: the store is closed.
-            sqlite3.Error: the commit failed (e.g. the disk is full).
+            CheckpointDamaged: SQLite finds the file corrupt.
+            sqlite3.Error: the commit (or an earlier timed one) failed, e.g. the disk is full.
         """
         now = time.time()
-        rows: list[_Row] = []
+        rows: list[StoredRow] = []
         for r in results:
             if r.restored:
                 continue
             try:
-                fp = _item_fingerprint(r.item)
-                kind, value = _encode_value(r.value) if r.ok else (None, None)
+                rows.append(self._encode(r, now))
+            except InvalidOptionError as exc:  # no checkpoint key: say so once, not per item
+                if not self._key_warned:
+                    self._key_warned = True
+                    warnings.warn(f"checkpoint {self.path}: values JSON cannot hold are not "
+                                  f"stored ({exc}); their items will rerun on resume",
+                                  RuntimeWarning, stacklevel=2)
             except Exception as exc:
                 # Losing durability of one item beats aborting the whole run.
                 msg = f"checkpoint: cannot store item {r.index} ({exc}); it will rerun on resume"
                 warnings.warn(msg, RuntimeWarning, stacklevel=2)
-                continue
-            err = r.error if r.error is not None else RuntimeError("unknown error")
-            outcome = (1, kind, value, None, None, None, None) if r.ok else (
-                0, None, None, *_encode_error(err))
-            rows.append((r.index, fp, *outcome, r.attempts, r.duration, r.worker, now))
         with self._lock:
             self._db()
+            was_empty = not self._pending
             for row in rows:
-                self._pending[row[0]] = row
-                if self._index is not None:
-                    self._index[row[0]] = (row[1], bool(row[2]))
-            due = _monotonic() - self._last_commit >= self._commit_interval
-            if len(self._pending) >= self._batch_size or due:
+                self._pending[row.idx] = row
+                self._index[row.idx] = (row.fingerprint, bool(row.ok))
+            # After a failed timed commit, try again now: the caller hears of
+            # the failure only if it persists.
+            if (len(self._pending) >= self._batch_size or self._commit_delay_locked() == 0
+                    or self._timer_error is not None):
                 self._commit_locked()
+            elif was_empty and self._pending:
+                if self._timer is None:
+                    self._timer = threading.Thread(target=self._run_timer, daemon=True,
+                                                   name=f"shoal-checkpoint-{self.path.name}")
+                    self._timer.start()
+                self._wake.notify_all()
+
+    def _commit_delay_locked(self) -> float | None:
+        """Seconds until the buffer is due (0: now); None when it is empty."""
+        if not self._pending:
+            return None
+        return max(0.0, self._last_commit + self._commit_interval - _monotonic())
 
     def _commit_locked(self) -> None:
-        db = self._db()
+        db = self._conn  # callers checked that the store is open, or are closing it
+        assert db is not None
         if self._pending:
-            db.execute("BEGIN")
-            try:
-                db.executemany(
-                    "INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    list(self._pending.values()),
-                )
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:  # the rows stay buffered for the next try
-                    db.execute("ROLLBACK")
-                raise
+            with reading(self.path):
+                db.execute("BEGIN")
+                try:
+                    db.executemany(INSERT_ROW, list(self._pending.values()))
+                    db.execute("COMMIT")
+                except BaseException:
+                    if db.in_transaction:  # the rows stay buffered for the next try
+                        db.execute("ROLLBACK")
+                    raise
             self._pending.clear()
+            self._commits += 1
+            self._wake.notify_all()
         self._last_commit = _monotonic()
+        self._timer_error = None
+
+    def _run_timer(self) -> None:
+        # The timer thread: it commits the buffer once due, so the time bound
+        # holds even when record() is not called again.
+        with self._lock:
+            while not self._closing:
+                delay = self._commit_delay_locked()
+                if delay is None or delay > 0:
+                    self._wake.wait(delay)
+                    continue
+                try:
+                    self._commit_locked()
+                except Exception as exc:  # record() and close() retry, and raise if it fails again
+                    self._timer_error = exc
+                    self._last_commit = _monotonic()  # try again one interval later
 
     def flush(self) -> None:
         """Commit every buffered result now.
@@ -458,6 +429,7 @@ class CheckpointStore:
             sqlite3.Error: the commit failed.
         """
         with self._lock:
+            self._db()
             self._commit_locked()
 
     def stats(self) -> CheckpointSummary:
@@ -467,23 +439,33 @@ class CheckpointStore:
             ValueError: the store is closed.
         """
         with self._lock:
+            self._db()
             self._commit_locked()
             return _summary(self.path, self._meta, self._db())
 
     def close(self) -> None:
-        """Commit everything and close the file; closing twice is harmless.
+        """Commit everything, stop the timer and close the file; closing twice is harmless.
 
         Raises:
             sqlite3.Error: the final commit failed (the file is closed anyway).
         """
         with self._lock:
-            if self._conn is None:
+            if self._conn is None or self._closing:
                 return
+            self._closing = True  # record() and restore() refuse from now on
+            self._wake.notify_all()
+            timer = self._timer
+        if timer is not None:
+            timer.join()  # outside the lock, which the timer needs to see _closing
+        with self._lock:
+            conn = self._conn
+            assert conn is not None
             try:
                 self._commit_locked()
             finally:
-                self._conn.close()
                 self._conn = None
+                conn.close()
+                self._file_lock.release()
 
     def __enter__(self) -> CheckpointStore:
         return self
@@ -492,3 +474,4 @@ class CheckpointStore:
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
