@@ -109,21 +109,23 @@ class RowSigner:
             self.source = f"your key file {key_file()}"
 
     def _user_key(self, create: bool) -> bytes | None:
+        # Two threads may both get here first: both read (or create, see
+        # _create_key_file) the same key, so the race is harmless.
         if self._key is None:
             path = key_file()
             try:
-                self._key = _read_key_file(path)
-            except FileNotFoundError:
-                if not create:
-                    return None
                 try:
+                    self._key = _read_key_file(path)
+                except FileNotFoundError:
+                    if not create:
+                        return None
                     _create_key_file(path)
-                except OSError as exc:
-                    raise InvalidOptionError(
-                        f"cannot create the checkpoint key file {path} ({exc}); set "
-                        f"{ENV_VAR} to a secret of your own, e.g. from {_HOW_TO_MAKE}"
-                    ) from exc
-                self._key = _read_key_file(path)
+                    self._key = _read_key_file(path)
+            except OSError as exc:
+                raise InvalidOptionError(
+                    f"cannot {'make' if create else 'read'} the checkpoint key file {path} "
+                    f"({exc}); fix that, or set {ENV_VAR} to a secret of your own, e.g. from "
+                    f"{_HOW_TO_MAKE}") from exc
         return self._key
 
     def _mac(self, key: bytes, idx: int, fingerprint: str, blob: bytes) -> bytes:

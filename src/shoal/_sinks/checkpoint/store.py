@@ -293,16 +293,16 @@ class CheckpointStore:
             result.error = wire.restore_error(wire.ErrorData(
                 row.error_type or "", row.error_message or "", row.error_traceback or ""))
             return result
+        pickled = row.value_kind == "pickle" and isinstance(row.value, bytes)
+        if pickled:
+            self._check_tag(row)  # before anything reads the bytes; raises, never warns
         try:
-            if row.value_kind == "json":
+            if pickled:
+                result.value = wire.loads(row.value)  # type: ignore[arg-type]
+            elif row.value_kind == "json":
                 result.value = json.loads(row.value or "")
-            elif row.value_kind == "pickle" and isinstance(row.value, bytes):
-                self._check_tag(row)
-                result.value = wire.loads(row.value)
             else:
                 raise ValueError(f"unknown value kind {row.value_kind!r}")
-        except CheckpointUntrusted:
-            raise
         except Exception as exc:  # e.g. its class was renamed since the run
             msg = f"checkpoint: cannot load the value of item {row.idx} ({exc!r}); rerunning it"
             warnings.warn(msg, RuntimeWarning, stacklevel=3)
@@ -420,6 +420,7 @@ class CheckpointStore:
                 except Exception as exc:  # record() and close() retry, and raise if it fails again
                     self._timer_error = exc
                     self._last_commit = _monotonic()  # try again one interval later
+                    self._wake.notify_all()
 
     def flush(self) -> None:
         """Commit every buffered result now.
