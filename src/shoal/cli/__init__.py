@@ -117,6 +117,9 @@ def _build_parser() -> _Parser:
     run.add_argument("--timeout", type=_seconds, help="seconds per item attempt")
     run.add_argument("--rate", type=_seconds, help="at most this many items per second")
     run.add_argument("--checkpoint", metavar="FILE", help="SQLite file to resume from")
+    run.add_argument("--trust-pickles", action="store_true",
+                     help="load the pickled values of a --checkpoint made elsewhere "
+                     "(loading a pickle can run code)")
     run.add_argument("--chunk-size", type=_chunk_size, default="auto")
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
     run.add_argument("--ordered", action=argparse.BooleanOptionalAction, default=True,
@@ -149,6 +152,8 @@ def _build_parser() -> _Parser:
 
     rep = sub.add_parser("report", help="summarize a checkpoint file")
     rep.add_argument("checkpoint", metavar="CHECKPOINT")
+    rep.add_argument("--salvage", metavar="NEW",
+                     help="copy the readable results of a damaged checkpoint into NEW")
     rep.set_defaults(handler=_cmd_report)
     return parser
 
@@ -202,7 +207,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if checkpoint is not None:
             from shoal._sinks.checkpoint import open_checkpoint
 
-            store = open_checkpoint(checkpoint, fn)  # fingerprints fn, not our wrapper
+            # fingerprints fn, not our wrapper
+            store = open_checkpoint(checkpoint, fn, trust_pickles=args.trust_pickles)
         writer = OutputWriter(output)
         return _stream_results(args, fn, source, total, writer, store, checkpoint)
     finally:
@@ -232,12 +238,14 @@ def _stream_results(args: argparse.Namespace, fn: Callable[[Any], Any], source: 
             if error_type is not None:
                 tally.fail(error_type)
         writer.commit()
-    except BatchInterrupted as exc:
+    except BatchInterrupted:
         writer.abandon()
         where = (f"the checkpoint {checkpoint} keeps them: re-run the same command to resume"
                  if checkpoint else "no --checkpoint, so a re-run starts over")
         partial = f"; partial output in {writer.partial}" if writer.partial else ""
-        print(f"shoal: interrupted after {exc.report.total} results; {where}{partial}",
+        # writer.written, not the report's total: imap's report holds only the
+        # results not yet yielded, none of those written.
+        print(f"shoal: interrupted after {writer.written} results; {where}{partial}",
               file=sys.stderr)
         return EXIT_INTERRUPTED
     except BaseException:
@@ -347,7 +355,13 @@ def _when(epoch: float | None) -> str:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from shoal._sinks.checkpoint import summarize
+    from shoal._sinks.checkpoint import salvage_checkpoint, summarize
+
+    if args.salvage is not None:
+        kept = salvage_checkpoint(args.checkpoint, args.salvage)
+        print(f"kept {kept} results of {args.checkpoint} in {args.salvage}; resume with "
+              f"--checkpoint {args.salvage}")
+        return EXIT_OK
 
     s = summarize(args.checkpoint)
     share = f" = {s['ok'] / s['total']:.1%}" if s["total"] else ""
