@@ -567,3 +567,29 @@ def test_closed_store(tmp_path: Path) -> None:
         store.restore(0, 0)
     with pytest.raises(ValueError, match="closed"):
         store.record([_ok(0, 0)])
+
+
+def test_wal_files_of_a_deleted_checkpoint_are_not_taken_for_the_new_ones(
+        tmp_path: Path) -> None:
+    # A killed run leaves run.db-wal and run.db-shm; the user deletes run.db,
+    # as the messages say. SQLite could take the old WAL for the new file's
+    # (seen as "disk I/O error" in the kill tests): the new checkpoint starts clean.
+    path = tmp_path / "run.db"
+    script = JOB_SRC + (
+        "import os, sys\n"
+        "from shoal._sinks.checkpoint import open_checkpoint\n"
+        "from shoal._core.results import ItemResult\n"
+        "store = open_checkpoint(sys.argv[1], job, batch_size=1)\n"
+        "store.record([ItemResult(i, i, ok=True, value=i) for i in range(50)])\n"
+        "os._exit(0)  # no close: the rows stay in the WAL\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(path)], check=True)
+    assert Path(f"{path}-wal").stat().st_size > 0
+    path.unlink()
+    with open_checkpoint(path, _triple) as store:  # another job: nothing of the old one
+        assert store.stats()["total"] == 0
+        store.record([_ok(0, 1)])
+    assert summarize(path)["total"] == 1
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    conn.close()

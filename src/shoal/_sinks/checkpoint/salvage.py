@@ -28,7 +28,7 @@ from shoal._sinks.checkpoint.format import (
     reading,
 )
 from shoal._sinks.checkpoint.lock import CheckpointLock
-from shoal._sinks.checkpoint.store import connect
+from shoal._sinks.checkpoint.store import checked_path, connect, forget_orphaned_journals
 
 __all__ = ["salvage_checkpoint"]
 
@@ -100,7 +100,8 @@ def salvage_checkpoint(path: str | os.PathLike[str], dest: str | os.PathLike[str
         CheckpointDamaged: not even the job's meta table can be read.
         CheckpointInUse: another run has ``dest`` open.
     """
-    src_path, src = connect(path, readonly=True)
+    src_path = checked_path(path, readonly=True)
+    src = connect(src_path, readonly=True)
     try:
         try:
             meta = read_meta(src_path, src)
@@ -111,12 +112,17 @@ def salvage_checkpoint(path: str | os.PathLike[str], dest: str | os.PathLike[str
                 src_path) from exc
         if meta is None:
             raise CheckpointMismatch(f"{src_path} is not a shoal checkpoint (an empty database)")
-        dest_path = Path(os.fspath(dest))
-        if dest_path.exists():
-            raise InvalidOptionError(f"cannot salvage into {dest_path}: it exists already; "
+        out_path = checked_path(dest, readonly=False)
+        if out_path.exists():
+            raise InvalidOptionError(f"cannot salvage into {out_path}: it exists already; "
                                      "pass the path of a new file")
-        out_path, out = connect(dest_path, readonly=False)
         lock = CheckpointLock(out_path)
+        try:
+            forget_orphaned_journals(out_path)
+            out = connect(out_path, readonly=False)
+        except BaseException:
+            lock.release()
+            raise
         done = False
         try:
             create(out, {**meta, "salvaged_from": f"{src_path} at {time.time()!r}"})

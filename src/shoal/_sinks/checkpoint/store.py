@@ -70,8 +70,8 @@ class CheckpointSummary(TypedDict):
     errors_by_type: dict[str, int]  # most common first
 
 
-def connect(path: str | os.PathLike[str], *, readonly: bool) -> tuple[Path, sqlite3.Connection]:
-    """Validate ``path`` and open it; the caller checks the contents.
+def checked_path(path: str | os.PathLike[str], *, readonly: bool) -> Path:
+    """``path`` as a Path, once it is known to be usable as a checkpoint file.
 
     Raises:
         InvalidOptionError: ``path`` is a directory, missing (``readonly``) or unwritable.
@@ -93,6 +93,27 @@ def connect(path: str | os.PathLike[str], *, readonly: bool) -> tuple[Path, sqli
         if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
             raise InvalidOptionError(f"checkpoint {p} is not writable; fix its "
                                      "permissions or pass another checkpoint path")
+    return p
+
+
+def forget_orphaned_journals(p: Path) -> None:
+    """Remove the WAL files of a checkpoint whose database file was deleted.
+
+    Deleting ``run.db`` after a kill (or after ``shoal report`` read it)
+    leaves ``run.db-wal`` and ``run.db-shm``; SQLite would take them for the
+    new file's and fail with "disk I/O error". Call it holding the lock.
+    """
+    if not p.exists():
+        for suffix in ("-wal", "-shm", "-journal"):
+            Path(f"{p}{suffix}").unlink(missing_ok=True)
+
+
+def connect(p: Path, *, readonly: bool) -> sqlite3.Connection:
+    """Open the checkpoint file ``p``; the caller checks the contents.
+
+    Raises:
+        InvalidOptionError: SQLite cannot open it.
+    """
     try:
         if readonly:
             conn = sqlite3.connect(p.absolute().as_uri() + "?mode=ro", uri=True)
@@ -102,7 +123,7 @@ def connect(path: str | os.PathLike[str], *, readonly: bool) -> tuple[Path, sqli
         conn.execute("PRAGMA trusted_schema=OFF")
     except sqlite3.Error as exc:
         raise InvalidOptionError(f"cannot open checkpoint {p}: {exc}; pass another path") from exc
-    return p, conn
+    return conn
 
 
 def _summary(p: Path, meta: dict[str, str], conn: sqlite3.Connection) -> CheckpointSummary:
@@ -133,7 +154,8 @@ def summarize(path: str | os.PathLike[str]) -> CheckpointSummary:
         CheckpointMismatch: the file is not a shoal checkpoint.
         CheckpointDamaged: SQLite finds the file corrupt.
     """
-    p, conn = connect(path, readonly=True)
+    p = checked_path(path, readonly=True)
+    conn = connect(p, readonly=True)
     try:
         meta = read_meta(p, conn)
         if meta is None:
@@ -178,10 +200,12 @@ def open_checkpoint(
     if key is not None and not isinstance(key, (str, bytes)):
         raise InvalidOptionError(f"key must be a str or bytes, got {type(key).__name__}")
     name, code_hash = job_fingerprint(fn)
-    p, conn = connect(path, readonly=False)
-    lock: CheckpointLock | None = None
+    p = checked_path(path, readonly=False)
+    lock = CheckpointLock(p)  # before anything else: no other run may be creating it now
+    conn: sqlite3.Connection | None = None
     try:
-        lock = CheckpointLock(p)  # before reading: no other run may be creating it now
+        forget_orphaned_journals(p)
+        conn = connect(p, readonly=False)
         meta = read_meta(p, conn)
         if meta is None:
             meta = {"format": FORMAT, "schema": SCHEMA_VERSION, "id": secrets.token_hex(16),
@@ -201,9 +225,9 @@ def open_checkpoint(
             index = {i: (fp, bool(ok)) for i, fp, ok in
                      conn.execute("SELECT idx, fingerprint, ok FROM results")}
     except BaseException:
-        conn.close()
-        if lock is not None:
-            lock.release()
+        if conn is not None:
+            conn.close()
+        lock.release()
         raise
     return CheckpointStore(p, conn, meta, lock, signer, index, retry_failed=retry_failed,
                            batch_size=batch_size, commit_interval=float(commit_interval),
