@@ -140,9 +140,19 @@ def test_a_row_signed_with_another_key_is_refused(tmp_path: Path) -> None:
     with open_checkpoint(path, _double, key=KEY_B) as store:
         with pytest.raises(CheckpointUntrusted, match="the key= argument does not authenticate"):
             store.restore(0, 0)
-    with open_checkpoint(path, _double, key=KEY_A.encode()) as store:  # bytes work too
+    with open_checkpoint(path, _double, key=KEY_A.encode()) as store:  # its bytes work too
         r = store.restore(0, 0)
         assert r is not None and r.value == (1, 2)
+    # Two random keys that are not UTF-8 (decoding would make both 32 U+FFFD):
+    # each is used as it is.
+    raw, other = bytes(range(128, 160)), bytes(range(160, 192))
+    with open_checkpoint(tmp_path / "raw.db", _double, key=raw) as store:
+        store.record([_ok(0, (3, 4))])
+    with open_checkpoint(tmp_path / "raw.db", _double, key=other) as store:
+        with pytest.raises(CheckpointUntrusted):
+            store.restore(0, 0)
+    with pytest.raises(InvalidOptionError, match="has 5 bytes"):
+        open_checkpoint(tmp_path / "short.db", _double, key=b"short")
 
 
 def test_a_signed_row_moved_to_another_index_is_refused(tmp_path: Path) -> None:
@@ -276,7 +286,7 @@ def test_short_keys_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         monkeypatch.setenv(keys.ENV_VAR, "short")
         with pytest.raises(InvalidOptionError, match="SHOAL_CHECKPOINT_KEY has 5 characters"):
             open_checkpoint(tmp_path / "run.db", _double)
-    assert not (tmp_path / "run.db.lock").exists()  # nothing held after the refusal
+    assert not (tmp_path / "run.db").exists()  # refused before the file is made
 
 
 def test_no_key_to_be_had_skips_pickled_values_once_with_a_warning(

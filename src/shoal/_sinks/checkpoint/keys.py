@@ -88,25 +88,38 @@ def _create_key_file(path: Path) -> None:
         os.unlink(tmp)
 
 
+def given_key(key: str | bytes | None) -> tuple[bytes | None, str]:
+    """The secret from ``key=`` or the environment, checked, and where it came from.
+
+    ``(None, ...)`` when neither gives one: the user's key file is the secret.
+
+    Raises:
+        InvalidOptionError: the key is shorter than ``MIN_KEY_CHARS``.
+    """
+    source = "the key= argument"
+    if isinstance(key, bytes):  # used as given: decoding could lose random bytes
+        if len(key) < MIN_KEY_CHARS:
+            raise InvalidOptionError(f"the checkpoint key from {source} has {len(key)} bytes; "
+                                     f"use at least {MIN_KEY_CHARS} random ones")
+        return key, source
+    if key is not None:
+        return _checked(key, source), source
+    if os.environ.get(ENV_VAR):
+        return _checked(os.environ[ENV_VAR], f"${ENV_VAR}"), f"${ENV_VAR}"
+    return None, f"your key file {key_file()}"
+
+
 class RowSigner:
     """Tags the pickled rows of one checkpoint, and checks them.
 
-    ``key`` None means the user's key (environment variable, else key file),
-    looked up on first use.
+    ``key`` and ``source`` come from ``given_key``; a None key means the
+    user's key file, read (or made) on first use.
     """
 
-    def __init__(self, checkpoint_id: str, key: str | bytes | None = None) -> None:
+    def __init__(self, checkpoint_id: str, key: bytes | None, source: str) -> None:
         self._prefix = b"\0".join([_DOMAIN, checkpoint_id.encode(), b""])
-        self._key: bytes | None = None
-        self.source = "the key= argument"
-        if key is not None:
-            text = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
-            self._key = _checked(text, self.source)
-        elif os.environ.get(ENV_VAR):
-            self.source = f"${ENV_VAR}"
-            self._key = _checked(os.environ[ENV_VAR], self.source)
-        else:
-            self.source = f"your key file {key_file()}"
+        self._key = key
+        self.source = source  # named in the error for a row that does not verify
 
     def _user_key(self, create: bool) -> bytes | None:
         # Two threads may both get here first: both read (or create, see

@@ -47,7 +47,7 @@ from shoal._sinks.checkpoint.format import (
     read_meta,
     reading,
 )
-from shoal._sinks.checkpoint.keys import RowSigner
+from shoal._sinks.checkpoint.keys import RowSigner, given_key
 from shoal._sinks.checkpoint.lock import CheckpointLock
 
 __all__ = ["CheckpointStore", "CheckpointSummary", "open_checkpoint", "summarize"]
@@ -199,6 +199,7 @@ def open_checkpoint(
         raise InvalidOptionError(f"commit_interval must be >= 0 seconds, got {commit_interval!r}")
     if key is not None and not isinstance(key, (str, bytes)):
         raise InvalidOptionError(f"key must be a str or bytes, got {type(key).__name__}")
+    secret, secret_source = given_key(key)
     name, code_hash = job_fingerprint(fn)
     p = checked_path(path, readonly=False)
     lock = CheckpointLock(p)  # before anything else: no other run may be creating it now
@@ -220,7 +221,7 @@ def open_checkpoint(
                 + f"; {FIX}"
             )
         conn.execute("PRAGMA synchronous=NORMAL")  # per connection; WAL keeps it safe
-        signer = RowSigner(meta.get("id", ""), key)
+        signer = RowSigner(meta["id"], secret, secret_source)
         with reading(p):  # one bulk read; it also finds damaged pages before any work
             index = {i: (fp, bool(ok)) for i, fp, ok in
                      conn.execute("SELECT idx, fingerprint, ok FROM results")}
