@@ -175,7 +175,7 @@ def test_run_demo_again_restores_everything(tmp_path: Path) -> None:
     (["run", "jobs:double", "-i", "in.jsonl", "--workers", "0"], "--workers"),
     (["run", "jobs:double", "-i", "in.jsonl", "--backend", "thread"], "invalid choice"),
     (["run", "jobs:double", "-i", "in.jsonl", "--timeout", "1", "--chunk-size", "4",
-      "--backend", "threads"], "timeout is per item"),
+      "--backend", "threads"], "is per item"),
     ([], "choose a command"),
     (["report", "nothere.db"], "no checkpoint at nothere.db"),
     (["report", "in.jsonl"], "is not a shoal checkpoint"),

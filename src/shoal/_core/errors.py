@@ -121,3 +121,10 @@ class BatchInterrupted(KeyboardInterrupt):
             "see .report for their results"
         )
         self.report = report
+
+
+def add_note(exc: BaseException, note: str) -> None:
+    """``exc.add_note(note)`` where Python has it (3.11+), once."""
+    adder = getattr(exc, "add_note", None)
+    if adder is not None and note not in getattr(exc, "__notes__", ()):
+        adder(note)
