@@ -220,6 +220,7 @@ class Engine:
         self._stopped = False
         self.measured = Measured()
         self.items_run = 0  # items reported by workers (not restored ones)
+        self.attempts_ended = 0  # attempts that ended: reported, timed out or lost with a worker
         self.crashes = 0  # workers that died with a task (lost() with WorkerCrashed)
         self.failure: BaseException | None = None  # all_or_nothing: the first error
         self.fatal: BaseException | None = None  # a backend broke: raised at once
@@ -416,6 +417,7 @@ class Engine:
             now = self.clock()
             n = len(outcome.values)
             self.items_run += n
+            self.attempts_ended += n
             per_item = outcome.duration / n if n else 0.0
             self._measure(outcome, n)
             offset = task.done if at is None else at
@@ -565,6 +567,7 @@ class Engine:
             now = self.clock()
             k = task.done
             if exact or (len(task.items) - k == 1 and task.isolated):
+                self.attempts_ended += 1
                 self._fail(task.start + k, task.items[k], error, task.attempt,
                            now - task.started, "", now, self.to_epoch(task.started))
                 if k + 1 < len(task.items) and not self._stopped:
@@ -608,6 +611,7 @@ class Engine:
                     continue
                 self._close(task)
                 expired.append(task)
+                self.attempts_ended += 1
                 k = task.done
                 error = TimeoutError(
                     f"item {task.start + k} did not finish within timeout="

@@ -88,8 +88,7 @@ class Run:
         if name == "auto":
             self.probe = Probe(fn, opts, self.total)
             name = self.probe.kind
-        prebuilt = self.probe.prebuilt if self.probe is not None else None
-        self.backend: Backend = prebuilt or self._make_backend(
+        self.backend: Backend = self._make_backend(
             name, Probe.workers if self.probe is not None else None)
         self.running: list[Backend] = []  # started (or starting): each is shut down at the end
         self.store: ResultStore | None = _open_store(opts.checkpoint, fn)
@@ -140,17 +139,25 @@ class Run:
         backend.start(self.engine)
 
     def choose(self) -> Backend | None:
-        """``backend="auto"``: the probe is over; plan the chosen backend.
+        """``backend="auto"``: a phase of the probe is over; go on probing
+        elsewhere, or plan the chosen backend.
 
-        Returns the probe's backend when it must be shut down before the
-        chosen one starts (the consumer does that, blocking or awaiting),
-        else None. ``switch`` then starts the chosen one.
+        Returns the backend that must be shut down before the next one
+        starts (the consumer does that, blocking or awaiting), else None.
+        ``switch`` then starts the next one.
         """
         probe = self.probe
         assert probe is not None
+        old = self.backend
+        further = probe.go_on(self.engine)
+        if isinstance(further, Backend):  # the rest of the probe runs in a process
+            self.backend = further
+            return old
+        if further is not None:
+            old.wake(False)  # the same worker goes on: the engine allows it more items
+            return None
         name, self.reason = probe.decide(self.engine)
         self.probe = None
-        old = self.backend
         if name == old.name:  # same kind: keep its workers, allow more
             workers = self.opts.workers or old.traits.default_workers()
             old.workers = workers  # planned for; resize() below starts them
@@ -174,9 +181,10 @@ class Run:
         self.reason = f"{why} (ran on the probe's {self.backend.name} worker)"
 
     def switch(self) -> None:
-        """Start the backend ``choose`` planned, once the probe's has stopped."""
+        """Start the backend ``choose`` planned, once the previous one has stopped."""
         self.running = [b for b in self.running if b is self.backend]
-        self._replan(self.backend)
+        if self.probe is None:
+            self._replan(self.backend)
         self._start(self.backend)
 
     def _replan(self, backend: Backend) -> None:
