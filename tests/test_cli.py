@@ -143,7 +143,7 @@ def test_run_without_arguments_runs_the_demo(tmp_path: Path) -> None:
 
     report = shoal(tmp_path, "report", "shoal-demo.db")
     assert report.returncode == 0, report.stderr
-    assert "job: shoal.demo:word_stats" in report.stdout
+    assert "job: shoal.demos.wordstats:word_stats" in report.stdout
     assert "items: 197 (197 ok = 100.0%, 0 failed)" in report.stdout
 
 
