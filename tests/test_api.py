@@ -187,7 +187,7 @@ def test_arun_runs_a_coroutine_with_or_without_a_loop() -> None:
 
 def test_all_is_complete_and_sorted() -> None:
     public = {n for n in dir(shoal) if not n.startswith("_")} - {"annotations"}
-    modules = {"nodes", "flow", "graph", "cli", "arrays", "demo", "aggregate"}
+    modules = {"nodes", "flow", "graph", "cli", "arrays", "demos", "aggregate"}
     assert sorted(shoal.__all__) == shoal.__all__
     assert public - modules == set(shoal.__all__)
 

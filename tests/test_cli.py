@@ -143,7 +143,7 @@ def test_run_without_arguments_runs_the_demo(tmp_path: Path) -> None:
 
     report = shoal(tmp_path, "report", "shoal-demo.db")
     assert report.returncode == 0, report.stderr
-    assert "job: shoal.demo:word_stats" in report.stdout
+    assert "job: shoal.demos.wordstats:word_stats" in report.stdout
     assert "items: 197 (197 ok = 100.0%, 0 failed)" in report.stdout
 
 
@@ -175,7 +175,7 @@ def test_run_demo_again_restores_everything(tmp_path: Path) -> None:
     (["run", "jobs:double", "-i", "in.jsonl", "--workers", "0"], "--workers"),
     (["run", "jobs:double", "-i", "in.jsonl", "--backend", "thread"], "invalid choice"),
     (["run", "jobs:double", "-i", "in.jsonl", "--timeout", "1", "--chunk-size", "4",
-      "--backend", "threads"], "timeout is per item"),
+      "--backend", "threads"], "is per item"),
     ([], "choose a command"),
     (["report", "nothere.db"], "no checkpoint at nothere.db"),
     (["report", "in.jsonl"], "is not a shoal checkpoint"),

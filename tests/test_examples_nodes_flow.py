@@ -51,12 +51,15 @@ EXPECTED: dict[str, list[str]] = {
         "Sum of squares: 40425",
         "stream: {'index': 1, 'error': 'negative value -1', 'status': 'failed'}",
     ],
+    # nadoo_flow's list nodes add their counts next to the output key.
     "flow/map_filter_reduce.py": [
-        "map: {'translations': ['안녕하세요', '세계', 'AI']}",
+        "map: {'translations': ['안녕하세요', '세계', 'AI'], 'total': 3, 'succeeded': 3, "
+        "'failed': 0}",
         "filter: {'confident_predictions': [{'text': 'A', 'confidence': 0.9}, "
-        "{'text': 'C', 'confidence': 0.95}]}",
-        "reduce: {'total_score': 12}",
-        "aggregate: {'grouped': {'fruit': ['apple', 'pear'], 'vegetable': ['leek']}}",
+        "{'text': 'C', 'confidence': 0.95}], 'original_count': 3, 'filtered_count': 2}",
+        "reduce: {'total_score': 12, 'processed_count': 3}",
+        "aggregate: {'grouped': {'fruit': ['apple', 'pear'], 'vegetable': ['leek']}, "
+        "'processed_count': 3}",
         "consensus: 4 (agreement 0.67)",
     ],
     "flow/sentiment_batch.py": ["Positive: 2", "Negative: 1", "Neutral: 1"],

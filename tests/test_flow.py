@@ -1,4 +1,16 @@
-"""Behaviour of shoal.flow: BatchProcessor, list nodes, ParallelNode, pipelines."""
+"""Behaviour of shoal.flow: nadoo_flow's BatchProcessor, list nodes, ParallelNode, pipelines.
+
+nadoo_flow behaviours pinned here (learned from nadoo-flow-core 0.1.0's
+``nadoo_flow/batch.py`` and ``base.py``): ``continue_on_error=False`` raises the
+node's own exception; a ``NodeResult(success=False)`` is a failed
+``BatchResult`` kept as data (its error and output), never raised;
+``batch(inputs, workflow_context)``; ``MapNode`` runs every element and fails
+with ``"Some items failed: <n> errors"``; ``FilterNode`` defaults
+(``input_key="items"``, ``output_key="filtered"``) and counts; a filter or
+reduce function that raises gives ``NodeResult(success=False)`` with
+``"Filter function failed: ..."`` / ``"Reduce function failed: ..."``; the list
+nodes' ``"Input key 'k' not found"`` / ``"Input 'k' must be a list"``.
+"""
 
 from __future__ import annotations
 
@@ -25,7 +37,6 @@ from shoal.flow import (
     FilterNode,
     MapNode,
     NodeContext,
-    NodeFailed,
     NodeResult,
     ParallelNode,
     ParallelStrategy,
@@ -57,7 +68,7 @@ async def double(data: Any) -> NodeResult:
     if value == "boom":
         raise RuntimeError("exploded")
     if value < 0:
-        return NodeResult(False, error=f"negative {value}")
+        return NodeResult(False, {"seen": value}, error=f"negative {value}")
     return NodeResult(True, value * 2)
 
 
@@ -100,28 +111,30 @@ def test_failures_become_failed_results() -> None:
     results = run(BatchProcessor(FnNode("d", double)).batch(inputs))
     assert [(r.success, r.output, r.error) for r in results] == [
         (True, 2, None),
-        (False, None, "negative -1"),
+        (False, {"seen": -1}, "negative -1"),  # a failed NodeResult keeps its output
         (False, None, "exploded"),
         (True, 4, None),
     ]
 
 
-@pytest.mark.parametrize("bad", [{"n": -1}, {"n": "boom"}])
-def test_stop_on_error_raises_and_does_not_start_the_rest(bad: dict[str, Any]) -> None:
+def test_stop_on_error_raises_the_nodes_own_exception() -> None:
     node = FnNode("d", double)
     processor = BatchProcessor(node, max_concurrency=1, continue_on_error=False)
-    with pytest.raises(NodeFailed) as info:
-        run(processor.batch([{"n": 1}, bad, {"n": 2}, {"n": 3}]))
-    assert node.started == [{"n": 1}, bad]
-    failed = info.value.result
-    assert (failed.index, failed.success, failed.input_data) == (1, False, bad)
-    assert info.value.node_id == "d"
-    assert isinstance(info.value, shoal.ShoalError)
-    if bad["n"] == "boom":
-        assert isinstance(info.value.__cause__, RuntimeError)
-        assert failed.error == "exploded"
-    else:
-        assert failed.error == "negative -1"
+    inputs = [{"n": 1}, {"n": "boom"}, *({"n": i} for i in range(2, 50))]
+    with pytest.raises(RuntimeError, match=r"^exploded$") as info:
+        run(processor.batch(inputs))
+    assert type(info.value) is RuntimeError  # not a wrapper
+    assert node.started[:2] == [{"n": 1}, {"n": "boom"}]
+    assert len(node.started) < len(inputs)  # the batch stopped there
+
+
+def test_stop_on_error_keeps_a_failed_node_result_as_data() -> None:
+    node = FnNode("d", double)
+    processor = BatchProcessor(node, max_concurrency=1, continue_on_error=False)
+    results = run(processor.batch([{"n": 1}, {"n": -1}, {"n": 2}]))
+    assert [(r.success, r.error) for r in results] == [
+        (True, None), (False, "negative -1"), (True, None)]
+    assert len(node.started) == 3
 
 
 def test_batch_as_completed_yields_in_completion_order() -> None:
@@ -172,8 +185,28 @@ def test_process_single() -> None:
     failed = run(processor.process_single({"n": -2}, 3))
     assert (failed.index, failed.success, failed.error) == (3, False, "negative -2")
     strict = BatchProcessor(FnNode("d", double), continue_on_error=False)
-    with pytest.raises(NodeFailed, match="negative -2"):
-        run(strict.process_single({"n": -2}, 3))
+    assert not run(strict.process_single({"n": -2}, 3)).success
+    with pytest.raises(RuntimeError, match="exploded"):
+        run(strict.process_single({"n": "boom"}))
+
+
+def test_batch_takes_the_workflow_context_as_nadoo_flow_does() -> None:
+    seen: list[tuple[str, str, str]] = []
+
+    class Ctx(BaseNode):
+        async def execute(self, node_context: NodeContext,
+                          workflow_context: WorkflowContext) -> NodeResult:
+            seen.append((workflow_context.workflow_id, node_context.node_id,
+                         node_context.get_input("k", "none")))
+            return NodeResult(True)
+
+    shared = WorkflowContext(workflow_id="wf-1")
+    processor = BatchProcessor(Ctx("ctx", node_type="probe"))
+    run(processor.batch([{"k": "a"}, {}], shared))
+    assert sorted(seen) == [("wf-1", "ctx", "a"), ("wf-1", "ctx", "none")]
+    seen.clear()
+    run(processor.batch([{"k": 1}]))
+    assert seen[0][0] != "wf-1"  # a fresh context when none is given
 
 
 def test_engine_options_apply() -> None:
@@ -223,14 +256,17 @@ def test_worker_function_leaves_run_options_behind() -> None:
             pass
 
     processor = BatchProcessor(FnNode("d", double), progress=progress)
-    fn = cloudpickle.loads(cloudpickle.dumps(processor._fn))
+    fn = cloudpickle.loads(cloudpickle.dumps(processor._item_function(None)))
     assert run(fn({"n": 4})) == NodeResult(True, 8)
 
 
-def test_node_failed_pickles() -> None:
-    err = NodeFailed(BatchResult(2, {"n": -1}, False, None, "negative -1", 0.1), "d")
-    copy = pickle.loads(pickle.dumps(err))
-    assert str(copy) == str(err) and copy.result == err.result
+def test_a_failed_node_result_pickles_with_its_output() -> None:
+    fn = cloudpickle.loads(cloudpickle.dumps(BatchProcessor(FnNode("d", double))._item_function(
+        None)))
+    with pytest.raises(Exception) as info:
+        run(fn({"n": -3}))
+    back = pickle.loads(pickle.dumps(info.value))
+    assert back.result == NodeResult(False, {"seen": -3}, error="negative -3")
 
 
 # ------------------------------------------------- the seed's subclass examples
@@ -298,11 +334,12 @@ def test_map_node_seed_output() -> None:
                    max_concurrency=5)
     result = exec_node(node, {"texts": ["Hello", "World", "AI"]})
     assert result.success
-    assert result.output == {"translations": ["Hola", "Mundo", "AI"]}
+    assert result.output == {"translations": ["Hola", "Mundo", "AI"], "total": 3,
+                             "succeeded": 3, "failed": 0}
     assert child.started == [{"item": "Hello"}, {"item": "World"}, {"item": "AI"}]
 
 
-def test_map_node_caps_concurrency_and_fails_on_first_failure() -> None:
+def test_map_node_caps_concurrency_runs_every_item_and_lists_the_failures() -> None:
     active = peak = 0
 
     async def body(data: Any) -> NodeResult:
@@ -311,16 +348,20 @@ def test_map_node_caps_concurrency_and_fails_on_first_failure() -> None:
         peak = max(peak, active)
         await asyncio.sleep(0.001)
         active -= 1
-        return NodeResult(data["item"] >= 0, data["item"], None if data["item"] >= 0 else "neg")
+        if data["item"] == "boom":
+            raise ValueError("exploded")
+        ok = data["item"] >= 0
+        return NodeResult(ok, data["item"], error=None if ok else "neg")
 
     ok = exec_node(MapNode("m", FnNode("c", body), max_concurrency=2), {"items": list(range(6))})
-    assert ok.output == {"results": list(range(6))} and peak <= 2
+    assert ok.output["results"] == list(range(6)) and peak <= 2
 
     child = FnNode("c", body)
-    bad = exec_node(MapNode("m", child, max_concurrency=1), {"items": [0, -1, 2, 3]})
-    assert not bad.success and bad.error == "item 1: neg"
-    assert bad.metadata == {"failed_index": 1}
-    assert child.started == [{"item": 0}, {"item": -1}]
+    bad = exec_node(MapNode("m", child, max_concurrency=1), {"items": [0, -1, "boom", 3]})
+    assert not bad.success and bad.error == "Some items failed: 2 errors"
+    assert bad.metadata == {"errors": [{"index": 1, "error": "neg"},
+                                       {"index": 2, "error": "exploded"}]}
+    assert len(child.started) == 4  # nadoo_flow's MapNode does not stop at a failure
 
 
 def test_filter_node_seed_output() -> None:
@@ -331,15 +372,35 @@ def test_filter_node_seed_output() -> None:
         {"text": "B", "confidence": 0.6},
         {"text": "C", "confidence": 0.95},
     ]})
-    assert result.output == {"confident_predictions": [
-        {"text": "A", "confidence": 0.9}, {"text": "C", "confidence": 0.95}]}
+    assert result.output == {
+        "confident_predictions": [{"text": "A", "confidence": 0.9},
+                                  {"text": "C", "confidence": 0.95}],
+        "original_count": 3, "filtered_count": 2}
+
+
+def test_filter_node_default_keys_are_nadoo_flows() -> None:
+    node = FilterNode("positive", lambda x: x > 0)
+    assert (node.input_key, node.output_key) == ("items", "filtered")
+    assert exec_node(node, {"items": [3, -1, 2]}).output == {
+        "filtered": [3, 2], "original_count": 3, "filtered_count": 2}
+
+
+def test_a_raising_filter_or_reducer_gives_a_failed_result() -> None:
+    crash = FilterNode("f", lambda x: 1 / x)
+    result = exec_node(crash, {"items": [1, 0]})
+    assert (result.success, result.error) == (False, "Filter function failed: division by zero")
+    total = ReduceNode("r", lambda acc, x: acc + x, 0)
+    result = exec_node(total, {"items": [1, "two"]})
+    assert not result.success
+    assert result.error == ("Reduce function failed: unsupported operand type(s) for +: "
+                            "'int' and 'str'")
 
 
 def test_reduce_node_seed_outputs() -> None:
     total = ReduceNode("sum_scores", lambda acc, x: acc + x["score"], initial_value=0,
                        input_key="results", output_key="total_score")
     assert exec_node(total, {"results": [{"score": 1}, {"score": 2.5}]}).output == {
-        "total_score": 3.5}
+        "total_score": 3.5, "processed_count": 2}
     grouped = ReduceNode(
         "aggregate",
         lambda acc, x: {**acc, x["category"]: [*acc.get(x["category"], []), x["item"]]},
@@ -347,14 +408,19 @@ def test_reduce_node_seed_outputs() -> None:
     )
     items = [{"category": "a", "item": 1}, {"category": "b", "item": 2},
              {"category": "a", "item": 3}]
-    assert exec_node(grouped, {"items": items}).output == {"grouped": {"a": [1, 3], "b": [2]}}
-    assert exec_node(total, {"results": []}).output == {"total_score": 0}
+    assert exec_node(grouped, {"items": items}).output["grouped"] == {"a": [1, 3], "b": [2]}
+    assert exec_node(total, {"results": []}).output == {"total_score": 0, "processed_count": 0}
 
 
-@pytest.mark.parametrize("data", [{}, {"items": "abc"}, None])
-def test_list_nodes_report_bad_input(data: Any) -> None:
+@pytest.mark.parametrize(("data", "error"), [
+    ({}, "Input key 'items' not found"), (None, "Input key 'items' not found"),
+    ({"items": None}, "Input key 'items' not found"),
+    ({"items": "abc"}, "Input 'items' must be a list"),
+    ({"items": 3}, "Input 'items' must be a list"),
+])
+def test_list_nodes_report_bad_input(data: Any, error: str) -> None:
     result = exec_node(FilterNode("f", bool), data)
-    assert not result.success and "items" in (result.error or "")
+    assert (result.success, result.error) == (False, error)
 
 
 # ------------------------------------------------------------ ParallelNode
@@ -384,7 +450,8 @@ class Probe:
             if isinstance(result, Exception):
                 raise result
             assert result is not None
-            return NodeResult(result.success, result.output or f"{node_id}:{data}", result.error)
+            return NodeResult(result.success, result.output or f"{node_id}:{data}",
+                              error=result.error)
 
         return FnNode(node_id, body)
 
@@ -510,8 +577,8 @@ def test_seed_multi_model_pipeline() -> None:
     )
     result = exec_node(multi_model | consensus, {"prompts": ["q1", "q2"]})
     assert result.success
-    assert result.output == {"final_answer": {"answers": [
-        ["4 to q1", "4 to q1", "four to q1"], ["4 to q2", "4 to q2", "four to q2"]]}}
+    assert result.output["final_answer"] == {"answers": [
+        ["4 to q1", "4 to q1", "four to q1"], ["4 to q2", "4 to q2", "four to q2"]]}
 
 
 # ------------------------------------------------------------ processes
@@ -526,7 +593,7 @@ PROCESS_SCRIPT = textwrap.dedent(
             n = node_context.input_data
             if n == "boom":
                 raise ValueError("exploded")
-            return NodeResult(n >= 0, os.getpid(), None if n >= 0 else f"negative {n}")
+            return NodeResult(n >= 0, os.getpid(), error=None if n >= 0 else f"negative {n}")
 
     async def main():
         processor = BatchProcessor(Pid("pid"), max_concurrency=2, backend="processes")

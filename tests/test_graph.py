@@ -1,4 +1,8 @@
-"""Nodes and graphs (shoal.graph): steps, retries, fallbacks, concurrency caps, metrics."""
+"""Nodes and graphs (shoal.graph) on the engine: steps, retries, fallbacks, caps, metrics.
+
+KayGraph's own API (Graph().start, params, warnings, get_stats keys...) is pinned
+in test_graph_kaygraph.py.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from typing import Any
 
 import pytest
 
+import shoal
 from shoal import InvalidOptionError
 from shoal.graph import (
     AsyncBatchNode,
@@ -17,6 +22,8 @@ from shoal.graph import (
     AsyncParallelBatchNode,
     BatchNode,
     Graph,
+    GraphError,
+    InvalidGraphError,
     MetricsNode,
     Node,
     ParallelBatchNode,
@@ -286,8 +293,7 @@ def test_parallel_batch_node_on_processes_with_metrics() -> None:
     worker_pids = {pid for k, (_, pid) in enumerate(shared["out"]) if k != 5}
     assert os.getpid() not in worker_pids  # exec ran in worker processes
     assert shared["out"][5][1] == os.getpid()  # the fallback runs in the caller
-    stats = node.get_stats()
-    assert (stats["exec_calls"], stats["succeeded"], stats["errors"]) == (8, 7, 1)
+    assert node.get_stats()["total_executions"] == 1 and node.metrics["success_count"] == 1
 
 
 # --- async nodes ----------------------------------------------------------------------
@@ -372,25 +378,25 @@ def test_async_parallel_batch_node_honours_max_concurrency(cap: int) -> None:
 # --- metrics --------------------------------------------------------------------------
 
 
-def test_metrics_node_counts_retries_successes_and_errors() -> None:
+def test_metrics_node_counts_runs_retries_and_failed_runs() -> None:
     class Measured(MetricsNode, ParallelTimes10):
         pass
 
-    node = Measured(Flaky(failures=1), max_retries=2, max_workers=2)
-    node.run({"items": range(6)})
+    node = Measured(True, Flaky(failures=1), max_retries=2, max_workers=2)
+    node.run({"items": range(6)})  # every item fails once, then succeeds
     stats = node.get_stats()
-    assert stats["exec_calls"] == 6 and stats["succeeded"] == 6 and stats["errors"] == 0
-    assert stats["retries"] == 6
-    assert stats["runs"] == 1 and stats["failed_runs"] == 0
-    assert stats["exec_time_min"] <= stats["exec_time_mean"] <= stats["exec_time_max"]
+    assert (stats["total_executions"], stats["success_rate"], stats["total_retries"]) == (1, 1, 6)
+    assert 0 < stats["min_execution_time"] == stats["avg_execution_time"]
 
-    node.reset_stats()
-    node.max_retries = 1
-    node.fn = Flaky(failures=1)
-    node.run({"items": range(3)})  # every item fails once: the fallback gives -1
-    stats = node.get_stats()
-    assert stats["errors"] == 3 and stats["succeeded"] == 0 and stats["retries"] == 0
-    assert stats["success_rate"] == 0.0
+    class Strict(Measured):
+        def exec_fallback(self, item: int, exc: BaseException) -> int:
+            raise exc
+
+    strict = Strict(True, Flaky(failures=5), max_retries=2, max_workers=2)
+    with pytest.raises(ValueError):
+        strict.run({"items": [1]})
+    stats = strict.get_stats()
+    assert (stats["total_executions"], stats["success_rate"], stats["total_retries"]) == (1, 0, 1)
 
 
 def test_metrics_node_counts_failed_runs_of_async_nodes() -> None:
@@ -401,8 +407,8 @@ def test_metrics_node_counts_failed_runs_of_async_nodes() -> None:
     node = Boom(max_retries=3)
     with pytest.raises(OSError):
         node.run({})
-    stats = node.get_stats()
-    assert (stats["runs"], stats["failed_runs"], stats["errors"], stats["retries"]) == (1, 1, 1, 2)
+    assert node.metrics["error_count"] == 1 and node.metrics["retry_counts"] == [2]
+    assert node.get_stats()["success_rate"] == 0
 
 
 # --- graphs ---------------------------------------------------------------------------
@@ -433,7 +439,7 @@ def test_graph_warns_on_an_unknown_action() -> None:
     a, b = Step("a", "nowhere"), Step("b")
     a >> b
     shared: dict[str, Any] = {}
-    with pytest.warns(UserWarning, match="no successor for action 'nowhere'"):
+    with pytest.warns(UserWarning, match=r"Graph ends: 'nowhere' not found in \['default'\]"):
         assert Graph(start=a).run(shared) == "nowhere"
     assert shared["trail"] == ["a"]
 
@@ -447,17 +453,20 @@ def test_graph_loops_and_max_steps() -> None:
     node = Count()
     node - "again" >> node
     shared = {"n": 0}
-    Graph(start=node).run(shared)
+    with pytest.warns(UserWarning, match="Graph ends: 'None' not found in"):
+        Graph(start=node).run(shared)  # KayGraph warns: None is "default", not wired
     assert shared["n"] == 5
     shared = {"n": 0}
-    Graph(start=node, max_steps=5).run(shared)  # exactly enough
-    with pytest.raises(RuntimeError, match="max_steps=3"):
+    with pytest.warns(UserWarning):
+        Graph(start=node, max_steps=5).run(shared)  # exactly enough
+    with pytest.raises(GraphError, match="max_steps=3"):
         Graph(start=node, max_steps=3).run({"n": 0})
 
 
 def test_graphs_nest_and_run_async_mixes_sync_and_async_nodes() -> None:
     inner = Graph(start=Step("i1"))
-    inner.start >> Step("i2")
+    assert inner.start_node is not None
+    inner.start_node >> Step("i2")
     first = AsyncDouble()
     first - "next" >> inner
     inner >> Step("last")
@@ -470,9 +479,14 @@ def test_graphs_nest_and_run_async_mixes_sync_and_async_nodes() -> None:
 
 
 def test_wiring_errors() -> None:
-    with pytest.raises(TypeError):
+    with pytest.raises(InvalidGraphError, match="a successor must be a node, got int"):
         Node() >> 3  # type: ignore[type-var]
     with pytest.raises(TypeError):
         Node() - 3  # type: ignore[operator]
-    with pytest.raises(TypeError):
+    with pytest.raises(InvalidGraphError, match="start must be a node, got str"):
         Graph(start="a")  # type: ignore[arg-type]
+    with pytest.raises(InvalidGraphError, match="start must be a node"):
+        Graph().start(None)  # type: ignore[type-var]
+    with pytest.raises(InvalidGraphError, match="an action must be a string"):
+        Node().next(Node(), 3)  # type: ignore[arg-type]
+    assert issubclass(InvalidGraphError, shoal.ShoalError)

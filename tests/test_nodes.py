@@ -1,4 +1,14 @@
-"""Behaviour of the batch nodes (shoal.nodes): thin adapters over the engine."""
+"""Behaviour of the batch nodes (shoal.nodes): Spark's node API over the engine.
+
+Spark behaviours pinned here (learned from wensheng/spark's ``spark/nodes/nodes.py``
+and its batch-processing tutorial): the class names ``BatchProcessNode``,
+``SequentialNode``, ``MultipleThreadNode``, ``MultipleProcessNode`` and
+``ParallelNode``; ``failure_strategy`` ``all_or_nothing`` (raise the failed
+item's own exception, and start nothing after it), ``skip_failed`` and
+``collect_errors`` with Spark's entry keys (``index``, ``item``, ``exception``,
+``error_type``, ``error_message`` cut to 200 characters, ``item_summary``);
+``{"data": [], "errors": []}`` for an empty batch.
+"""
 
 from __future__ import annotations
 
@@ -16,27 +26,28 @@ import pytest
 
 import shoal
 from shoal.nodes import (
-    AsyncNode,
-    BatchNode,
+    BatchProcessNode,
     MultipleProcessNode,
     MultipleThreadNode,
     NodeOutput,
+    ParallelNode,
     SequentialNode,
+    item_summary,
 )
 
 HAS_PROCESSES = importlib.util.find_spec("shoal._backends._processes.pool") is not None
-# Any: mypy refuses abstract classes where type[BatchNode] is expected.
-LOCAL_KINDS: list[Any] = [SequentialNode, MultipleThreadNode, AsyncNode]
+# Any: mypy refuses abstract classes where type[BatchProcessNode] is expected.
+LOCAL_KINDS: list[Any] = [SequentialNode, MultipleThreadNode, ParallelNode]
 
 
-def make_node(kind: Any, body: Any, **options: Any) -> BatchNode:
+def make_node(kind: Any, body: Any, **options: Any) -> BatchProcessNode:
     """A subclass of ``kind`` whose async process_item is ``body``."""
 
     class Node(kind):  # type: ignore[misc]
         async def process_item(self, item: Any) -> Any:
             return await body(item)
 
-    node: BatchNode = Node(**options)
+    node: BatchProcessNode = Node(**options)
     return node
 
 
@@ -119,15 +130,85 @@ def test_skip_failed_keeps_successes_in_order(kind: Any) -> None:
 
 
 @pytest.mark.parametrize("kind", LOCAL_KINDS)
-def test_collect_errors_shape(kind: Any) -> None:
+def test_collect_errors_entries_have_sparks_keys(kind: Any) -> None:
     node = make_node(kind, square_unless_three, failure_strategy="collect_errors")
+    assert node.failure_strategy == "collect_errors"
     out = run(node.do(range(5)))
-    assert out.content == {
-        "data": [0, 1, 4, 16],
-        "errors": [
-            {"index": 3, "item": 3, "error_type": "ValueError", "error_message": "three"}
-        ],
+    assert out.content["data"] == [0, 1, 4, 16]
+    [entry] = out.content["errors"]
+    assert entry == {
+        "index": 3, "item": 3, "exception": out.results[3].error, "error_type": "ValueError",
+        "error_message": "three", "item_summary": {"type": "int", "repr": "3"},
     }
+    assert isinstance(entry["exception"], ValueError) and str(entry["exception"]) == "three"
+
+
+def test_collect_errors_cuts_long_messages_and_summarizes_items() -> None:
+    class Fails(SequentialNode):
+        def process_item(self, item: Any) -> Any:
+            raise KeyError("x" * 300) if isinstance(item, dict) else RuntimeError("y" * 300)
+
+    items: list[Any] = [{"b": 1, "a": 2}, [1, 2, 3], "text", None, 2.5]
+    errors = run(Fails(failure_strategy="collect_errors").do(items)).content["errors"]
+    assert [e["item_summary"] for e in errors] == [
+        {"type": "dict", "size": 2, "keys": ["a", "b"]},
+        {"type": "list", "length": 3},
+        {"type": "str", "length": 4},
+        {"type": "NoneType", "value": None},
+        {"type": "float", "repr": "2.5"},
+    ]
+    message = errors[1]["error_message"]
+    assert len(message) == 200 and message == "y" * 197 + "..."
+    assert str(errors[1]["exception"]) == "y" * 300  # the exception itself is whole
+
+
+def test_item_summary_limits() -> None:
+    assert item_summary(dict.fromkeys(range(12)))["keys"] == sorted(str(k) for k in range(12))[:10]
+    assert item_summary(b"abc") == {"type": "bytes", "length": 3}
+    assert item_summary(object())["repr"].startswith("<object object at")
+    assert len(item_summary("z" * 1000)) == 2  # type and length, never the text
+
+    class BadRepr:
+        def __repr__(self) -> str:
+            raise RuntimeError("no repr")
+
+    assert item_summary(BadRepr()) == {"type": "BadRepr", "repr": "<unavailable>"}
+
+
+@pytest.mark.parametrize("strategy", ["all_or_nothing", "skip_failed", "collect_errors"])
+def test_empty_batch_content_per_strategy(strategy: str) -> None:
+    out = run(make_node(SequentialNode, square_unless_three, failure_strategy=strategy).do([]))
+    assert out.content == ({"data": [], "errors": []} if strategy == "collect_errors" else [])
+
+
+def started_before_failure(kind: Any, **options: Any) -> list[int]:
+    """The items that started when item 2 of 50 fails under all_or_nothing."""
+    started: list[int] = []
+    lock = threading.Lock()
+
+    class Record(kind):  # type: ignore[misc]
+        def process_item(self, item: int) -> int:
+            with lock:
+                started.append(item)
+            if item == 2:
+                raise ValueError("two")
+            return item
+
+    with pytest.raises(ValueError, match="two"):
+        run(Record(**options).do(range(50)))
+    return started
+
+
+def test_all_or_nothing_starts_nothing_after_the_failure_on_asyncio() -> None:
+    assert started_before_failure(ParallelNode, max_workers=1) == [0, 1, 2]
+
+
+@pytest.mark.parametrize(("kind", "options"), [(SequentialNode, {}),
+                                               (MultipleThreadNode, {"max_workers": 1})])
+def test_all_or_nothing_starts_nothing_after_the_failure(kind: Any,
+                                                          options: dict[str, Any]) -> None:
+    # Spark's SequentialNode breaks at the first failure; one worker must too.
+    assert started_before_failure(kind, **options) == [0, 1, 2]
 
 
 # ------------------------------------------------------------ max_workers
@@ -161,7 +242,7 @@ def test_max_workers_caps_async() -> None:
     async def main() -> list[int]:
         pair = asyncio.Event()
 
-        class Counting(AsyncNode):
+        class Counting(ParallelNode):
             async def process_item(self, item: int) -> int:
                 nonlocal active, peak
                 active += 1
@@ -210,7 +291,7 @@ def test_timeout_fails_the_hung_item_only() -> None:
     async def main() -> Any:
         never = asyncio.Event()
 
-        class Hangs(AsyncNode):
+        class Hangs(ParallelNode):
             async def process_item(self, item: int) -> int:
                 if item == 1:
                     await never.wait()

@@ -27,7 +27,6 @@ import pytest
 import shoal
 from shoal._backends._processes.child import describe_exit, fork_is_safe
 from shoal._backends._processes.protocol import Claims, claim_pipe, put_ticket, take_ticket
-from shoal._policies.chunking import ChunkSizer
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX only")
 
@@ -341,22 +340,30 @@ def test_item_that_does_not_unpickle_in_the_worker_fails_alone() -> None:
     assert "could not be unpickled in the worker" in str(error)
 
 
-def test_unpicklable_exception_becomes_runtime_error() -> None:
+def test_unpicklable_exception_becomes_remote_error() -> None:
     report = shoal.run(raise_unpicklable, [1], backend="processes", workers=1)
     error = report.failures[0].error
-    assert isinstance(error, RuntimeError)
-    assert "Unpicklable" in str(error) and "could not be pickled" in str(error)
+    assert isinstance(error, shoal.RemoteError)
+    assert error.type_name.endswith("Unpicklable") and "could not be pickled" in str(error)
     assert "raise_unpicklable" in report.failures[0].traceback
 
 
 # ------------------------------------------------------- crash isolation
+def test_system_exit_fails_its_item_and_the_worker_goes_on() -> None:
+    report = shoal.run(crash_on_5, [(x, "sysexit") for x in range(12)], backend="processes",
+                       workers=1)
+    assert [r.index for r in report.failures] == [5]
+    error = report.failures[0].error
+    assert isinstance(error, SystemExit) and error.code == 4
+    assert len({r.worker for r in report.results}) == 1  # the same worker ran all 12
+
+
 @pytest.mark.parametrize(
     ("kind", "how"),
     [
         ("exit", "exited with code 3"),
         ("sigkill", "died with signal SIGKILL (-9)"),
         ("segfault", "died with signal SIGSEGV (-11)"),
-        ("sysexit", "exited with code 4"),
     ],
 )
 def test_a_crash_fails_only_its_item(kind: str, how: str) -> None:
@@ -430,7 +437,7 @@ def test_default_workers_is_cpu_count() -> None:
     from shoal._backends._base import cpu_count
     from shoal._backends._processes.pool import ProcessBackend
 
-    assert ProcessBackend.default_workers() == cpu_count()
+    assert ProcessBackend.traits.default_workers() == cpu_count()
 
 
 def test_exec_path_when_the_driver_has_threads() -> None:
@@ -530,44 +537,6 @@ def test_workers_exit_when_the_driver_is_killed(start_driver: Any, driver: str) 
 
 
 # ------------------------------------------------------------ pure policy
-def test_chunk_sizer_grows_from_one_item() -> None:
-    sizer = ChunkSizer(workers=2, total=None)
-    assert sizer.size == 1
-    sizes = []
-    for _ in range(6):
-        sizer.observe(sizer.size, sizer.size * 1e-6, pulled=0)
-        sizes.append(sizer.size)
-    # straight to 2 ms of measured work, then 8-fold at most, up to ~20 ms of work
-    assert sizes == [2000, 16000, 20000, 20000, 20000, 20000]
-
-
-def test_chunk_sizer_grows_slowly_from_a_slow_first_item() -> None:
-    sizer = ChunkSizer(workers=2, total=None)
-    sizer.observe(1, 0.001, pulled=0)  # 1 ms: a 2 ms chunk is 2 items, 8-fold is 8
-    assert sizer.size == 8
-
-
-def test_chunk_sizer_keeps_frames_within_the_socket_buffer() -> None:
-    sizer = ChunkSizer(workers=2, total=None, max_frame_bytes=80_000)
-    sizer.observe(1000, 1000 * 1e-7, pulled=0, item_bytes=8.0)
-    assert sizer.size == 10_000  # 20 ms would be 200,000 items, but 80 kB / 8 bytes
-
-
-def test_chunk_sizer_keeps_chunks_per_worker_of_what_remains() -> None:
-    sizer = ChunkSizer(workers=2, total=1000)
-    sizer.size = 500
-    sizer.observe(10, 10 * 100e-6, pulled=200)  # 100 us per item: 20 ms is 200 items
-    assert sizer.size == 100  # but 800 left / (4 chunks x 2 workers)
-    sizer.observe(10, 10 * 100e-6, pulled=990)
-    assert sizer.size == 20  # 10 left, but never below 2 ms of work
-
-
-def test_chunk_sizer_slow_items_get_small_chunks() -> None:
-    sizer = ChunkSizer(workers=2, total=400)
-    sizer.observe(1, 0.005, pulled=2)
-    assert sizer.size == 4  # 20 ms / 5 ms
-
-
 def test_describe_exit() -> None:
     assert describe_exit(3) == "exited with code 3"
     assert describe_exit(-9) == "died with signal SIGKILL (-9)"

@@ -11,7 +11,6 @@ Run: python examples/signals/01_parallel_batch.py [--files 20]
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import statistics
 import tempfile
@@ -29,11 +28,8 @@ def main() -> None:
     backends: list[tuple[str, dict[str, Any]]] = [
         ("Serial", {"backend": "sequential"}),
         ("Threads", {"backend": "threads", "workers": 2 * cpus}),
+        ("Processes", {"backend": "processes", "workers": cpus}),
     ]
-    if importlib.util.find_spec("shoal._backends._processes.pool") is not None:
-        backends.append(("Processes", {"backend": "processes", "workers": cpus}))
-    else:
-        print("Processes: skipped (this shoal has no processes backend)")
 
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_signal_files(Path(tmp), args.files, corrupt=[args.files // 2])

@@ -17,7 +17,7 @@ from pathlib import Path
 from _signals import files_argument, make_signal_files, measure
 
 import shoal
-from shoal._aggregate import (
+from shoal.aggregate import (
     compare,
     describe,
     outliers_iqr,

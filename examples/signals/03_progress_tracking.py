@@ -13,6 +13,7 @@ Run: python examples/signals/03_progress_tracking.py [--files 20]
 
 from __future__ import annotations
 
+import math
 import tempfile
 import time
 from collections import Counter
@@ -22,7 +23,7 @@ from typing import Any
 from _signals import files_argument, make_signal_files, measure
 
 import shoal
-from shoal._sinks.progress import ProgressEvent, format_duration
+from shoal import ProgressEvent
 
 UNREACHABLE: set[str] = set()  # files the "network share" cannot serve right now
 CALLS: Counter[str] = Counter()  # how often each file was measured
@@ -39,6 +40,12 @@ def fetch_and_measure(path: Path) -> dict[str, Any]:
         raise ConnectionError(f"share dropped out while reading {path.name}")
     CALLS[path.name] += 1
     return measure(path)
+
+
+def format_duration(seconds: float) -> str:
+    """``H:MM:SS``, rounded up so a short ETA never reads 0:00:00."""
+    s = math.ceil(max(seconds, 0.0))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
 def show(event: ProgressEvent) -> None:

@@ -16,7 +16,6 @@ Run: python examples/signals/04_optimization.py [--files 20]
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import tempfile
@@ -65,12 +64,10 @@ def same(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> bool:
 
 def main() -> None:
     args = files_argument(__doc__.splitlines()[0])
-    methods: list[tuple[str, Method]] = [("Serial", serial), ("Threads", threads)]
-    if importlib.util.find_spec("shoal._backends._processes.pool") is not None:
-        methods.append(("Processes", processes))
-    else:
-        print("Processes: skipped (this shoal has no processes backend)")
-    methods += [("Checkpointed batch", checkpointed), ("Array batches", array_batches)]
+    methods: list[tuple[str, Method]] = [
+        ("Serial", serial), ("Threads", threads), ("Processes", processes),
+        ("Checkpointed batch", checkpointed), ("Array batches", array_batches),
+    ]
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,8 +1,11 @@
-"""Batch nodes: subclass, write ``process_item``, call ``await node.do(items)``.
+"""Spark's batch nodes: subclass, write ``process_item``, call ``await node.do(items)``.
 
-A node is a thin adapter over the engine. Each node class only chooses a
-backend; the engine does everything else, so retries, timeouts, rate limits,
-crash isolation, progress and checkpoints work the same for every node::
+The names are Spark's (``spark.nodes.nodes``), so Spark code runs with only its
+imports changed. A node is a thin adapter over the engine: each node class
+only chooses a backend and translates Spark's words into the engine's
+(``max_workers`` -> ``workers``, ``failure_strategy`` -> ``on_error``); the
+engine does everything else, so retries, timeouts, rate limits, crash
+isolation, progress and checkpoints work the same for every node::
 
     class Translate(MultipleThreadNode):
         async def process_item(self, item):
@@ -20,14 +23,20 @@ class                        backend        use it for
                                             loop of its worker thread)
 ``MultipleProcessNode``      processes      CPU-bound work; the node is cloudpickled,
                                             so classes from ``__main__`` work
-``AsyncNode``                asyncio        ``async def`` I/O on the caller's loop
+``ParallelNode``             asyncio        ``async def`` I/O on the caller's loop
 ============================ ============== ==========================================
 
-Failure strategies (``failure_strategy=``): ``"all_or_nothing"`` raises the
-first failure's own exception; ``"skip_failed"`` leaves failed items out of
-``content``; ``"collect_errors"`` makes ``content`` a dict
-``{"data": [values of the successes], "errors": [{"index", "item",
-"error_type", "error_message"}, ...]}``.
+Failure strategies (``failure_strategy=``), as Spark defines them:
+``"all_or_nothing"`` raises the first failure's own exception;
+``"skip_failed"`` leaves failed items out of ``content``; ``"collect_errors"``
+makes ``content`` a dict ``{"data": [values of the successes], "errors":
+[entry, ...]}`` where each entry has Spark's keys: ``index``, ``item``,
+``exception`` (the exception itself), ``error_type``, ``error_message``
+(``str(exception)``, cut to 200 characters) and ``item_summary`` (the item's
+type and size: ``{"type": "dict", "size": 2, "keys": [...]}``, ``{"type":
+"list", "length": 3}``, ``{"type": "int", "repr": "7"}``...). Every entry is
+made from the engine's ``ItemResult`` (``output.results``), the one shape of a
+per-item outcome inside shoal.
 """
 
 from __future__ import annotations
@@ -45,12 +54,12 @@ from shoal._core.results import BatchReport, ItemResult
 from shoal._policies.retry import RetryPolicy
 
 __all__ = [
-    "AsyncNode",
-    "BatchNode",
+    "BatchProcessNode",
     "FailureStrategy",
     "MultipleProcessNode",
     "MultipleThreadNode",
     "NodeOutput",
+    "ParallelNode",
     "SequentialNode",
 ]
 
@@ -67,7 +76,7 @@ _RESERVED = {
 
 @dataclass
 class NodeOutput:
-    """What ``BatchNode.do`` returns.
+    """What ``BatchProcessNode.do`` returns.
 
     Attributes:
         content: the values in input order; its shape depends on the
@@ -89,8 +98,8 @@ class _NodeConfig:
     engine_options: Mapping[str, Any] = field(default_factory=dict)
 
 
-class BatchNode(ABC):
-    """Base of the batch nodes: runs ``process_item`` on every item.
+class BatchProcessNode(ABC):
+    """Spark's base of the batch nodes: runs ``process_item`` on every item.
 
     Subclasses implement ``process_item`` (``async def`` or plain ``def``) and
     pick a backend with the ``backend_name`` class attribute. Keep no
@@ -142,6 +151,11 @@ class BatchNode(ABC):
         Options.from_kwargs(failure_strategy, self._engine_options(config))  # fail now
         self._shoal_config = config
 
+    @property
+    def failure_strategy(self) -> FailureStrategy:
+        """``"all_or_nothing"``, ``"skip_failed"`` or ``"collect_errors"``."""
+        return self._shoal_config.failure_strategy
+
     @abstractmethod
     def process_item(self, item: Any) -> Any:
         """Process one item and return its result.
@@ -181,20 +195,52 @@ def _content(report: BatchReport[Any], strategy: str) -> Any:
     values = [r.value for r in report.results if r.ok]
     if strategy != "collect_errors":
         return values
-    errors = [
-        {
-            "index": r.index,
-            "item": r.item,
-            "error_type": type(r.error).__name__,
-            "error_message": str(r.error),
-        }
-        for r in report.results
-        if not r.ok
-    ]
-    return {"data": values, "errors": errors}
+    return {"data": values, "errors": [_error_entry(r) for r in report.results if not r.ok]}
 
 
-class SequentialNode(BatchNode):
+_MESSAGE_LIMIT = 200  # Spark cuts error messages and reprs to this many characters
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= _MESSAGE_LIMIT else text[: _MESSAGE_LIMIT - 3] + "..."
+
+
+def _error_entry(r: ItemResult[Any]) -> dict[str, Any]:
+    """Spark's ``collect_errors`` entry for one failed item."""
+    return {
+        "index": r.index,
+        "item": r.item,
+        "exception": r.error,
+        "error_type": type(r.error).__name__,
+        "error_message": _cut(str(r.error)),
+        "item_summary": item_summary(r.item),
+    }
+
+
+def item_summary(item: Any) -> dict[str, Any]:
+    """What Spark reports about a failed item: its type, and its size or a short repr.
+
+    Dicts give ``size`` and up to 10 sorted ``keys``; lists, tuples, sets,
+    strings and bytes give ``length``; None gives ``value``; anything else a
+    ``repr`` cut to 200 characters (``"<unavailable>"`` if ``repr`` raises).
+    """
+    summary: dict[str, Any] = {"type": type(item).__name__}
+    try:
+        if isinstance(item, dict):
+            summary["size"] = len(item)
+            summary["keys"] = sorted(str(k) for k in item)[:10]
+        elif isinstance(item, (list, tuple, set, str, bytes, bytearray)):
+            summary["length"] = len(item)
+        elif item is None:
+            summary["value"] = None
+        else:
+            summary["repr"] = _cut(repr(item))
+    except Exception:  # a broken __repr__ or __len__ must not hide the item's own error
+        summary["repr"] = "<unavailable>"
+    return summary
+
+
+class SequentialNode(BatchProcessNode):
     """Items one after another, in order, on the caller's thread.
 
     ``max_workers`` may only be 1 here: a sequential node never overlaps items.
@@ -209,12 +255,12 @@ class SequentialNode(BatchNode):
         if max_workers not in (None, 1):
             raise InvalidOptionError(
                 f"SequentialNode runs one item at a time, got max_workers={max_workers!r}; "
-                "use MultipleThreadNode or AsyncNode for concurrency"
+                "use MultipleThreadNode or ParallelNode for concurrency"
             )
         super().__init__(**kwargs)
 
 
-class MultipleThreadNode(BatchNode):
+class MultipleThreadNode(BatchProcessNode):
     """Items on a pool of threads: for blocking I/O (API calls, files).
 
     An ``async def process_item`` runs on an event loop owned by its worker
@@ -224,7 +270,7 @@ class MultipleThreadNode(BatchNode):
     backend_name: ClassVar[str] = "threads"
 
 
-class MultipleProcessNode(BatchNode):
+class MultipleProcessNode(BatchProcessNode):
     """Items in worker processes: for CPU-bound work.
 
     ``self.process_item`` is sent bound to the node, which is serialized with
@@ -244,8 +290,11 @@ class MultipleProcessNode(BatchNode):
         return shipped.process_item
 
 
-class AsyncNode(BatchNode):
+class ParallelNode(BatchProcessNode):
     """``async def process_item`` coroutines, concurrent on the caller's event loop.
+
+    Spark's ``ParallelNode``: items overlap in one thread, at most
+    ``max_workers`` at a time (None: the asyncio backend's default, 100).
 
     A plain ``def process_item`` would block the loop while it runs; use
     ``MultipleThreadNode`` for blocking code.

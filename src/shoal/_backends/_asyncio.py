@@ -29,15 +29,16 @@ from __future__ import annotations
 import asyncio
 import inspect
 import math
+import threading
 import time
 import types
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from shoal._backends._base import Backend
+from shoal._backends._base import Backend, Traits
 from shoal._core.calling import Outcome
-from shoal._core.engine import WAIT_FOR_SIGNAL
+from shoal._core.engine import WAIT_FOR_SIGNAL, Wait, Work
 
 if TYPE_CHECKING:
     from shoal._core.engine import Engine, Task
@@ -94,33 +95,16 @@ class AsyncioBackend(Backend):
     runs; use threads for blocking code.
     """
 
-    name = "asyncio"
-    runs_on_loop = True
-
-    @classmethod
-    def default_workers(cls) -> int:
-        return 100
-
-    def auto_chunk_size(self, total: int | None) -> int:
-        # The "chunk" is the lot size: how many items are pulled from the
-        # input at once. Items still go to workers one by one. Timeouts and
-        # rate limits act per item, so they keep lots of one.
-        opts = self.options
-        if opts.timeout is not None or opts.rate is not None:
-            return 1
-        lot = min(LOT_MAX, self.workers)
-        if opts.max_in_flight is not None:
-            lot = min(lot, max(1, opts.max_in_flight // 2))
-        return lot
-
-    def default_max_in_flight(self, chunk: int) -> int:
-        # Every worker busy, as many finished items waiting for an earlier
-        # one (ordered delivery), and a lot being handed out.
-        return max(64, 4 * self.workers + chunk)
+    # The "chunk" is the lot: how many items are pulled from the input at
+    # once (the planner makes it min(LOT_MAX, workers)); items still go to
+    # workers one by one. Timeouts and rate limits act per item: lots of one.
+    traits = Traits("asyncio", default_workers=lambda: 100, runs_on_loop=True,
+                    shared_lots=LOT_MAX)
 
     def start(self, engine: Engine) -> None:
         self._engine = engine
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._lot: _Lot | None = None
         self._dirty: list[_Lot] = []  # lots with finished, unreported items
@@ -128,7 +112,6 @@ class AsyncioBackend(Backend):
         self._closing = False
         self._halted = False  # closing, or the engine stopped: start no more items
         self._live = 0  # workers that have not ended
-        engine.on_capacity = self._wake
         init = self.options.initializer
         self._ready = None if init is None else self._loop.create_task(self._initialize(init))
         self._workers: list[asyncio.Task[None]] = []
@@ -143,6 +126,12 @@ class AsyncioBackend(Backend):
         result = init(*self.options.initargs)
         if inspect.isawaitable(result):
             await result
+
+    def wake(self, everyone: bool) -> None:
+        if threading.get_ident() == self._loop_thread:
+            self._wake(everyone)
+        else:  # the input's reader thread, or a worker thread of a sink
+            self._loop.call_soon_threadsafe(self._wake, everyone)
 
     def _wake(self, everyone: bool = False, count: int = 1) -> None:
         """Work may be available: wake ``count`` idle workers (or all).
@@ -193,18 +182,18 @@ class AsyncioBackend(Backend):
                 lot = self._lot
                 if lot is None or lot.next >= lot.size:
                     got = engine.acquire()
-                    if got is None:
-                        return
-                    if isinstance(got, float):
-                        if got == WAIT_FOR_SIGNAL and engine.exhausted:
+                    if isinstance(got, Wait):
+                        if got is WAIT_FOR_SIGNAL and engine.exhausted:
                             # Nothing left to start: end rather than park, or
                             # 10,000 idle workers would wake up at the end to
                             # hear that there is no work. A retry that comes
                             # later starts a worker again (_wake).
                             return
-                        await self._wait(got)
+                        await self._wait(got.seconds)
                         continue
-                    lot = self._lot = _Lot(got)
+                    if not isinstance(got, Work):
+                        return  # DONE
+                    lot = self._lot = _Lot(got.task)
                     if self._waiters and lot.size > 1:
                         self._wake(count=lot.size - 1)  # idle workers: there is work
                 k = lot.next
@@ -278,10 +267,11 @@ class AsyncioBackend(Backend):
                 fut.set_result(None)
         self._waiters.clear()
 
-    async def aclose(self) -> None:
-        """Wait for the workers to end. Most have ended already: only the
-        others are waited for (a gather over 10,000 finished tasks costs a
-        callback each)."""
+    async def ashutdown(self, cancel: bool) -> None:
+        """Stop, then wait for the workers to end. Most have ended already:
+        only the others are waited for (a gather over 10,000 finished tasks
+        costs a callback each)."""
+        self.shutdown(cancel)
         tasks = self._workers if self._ready is None else [self._ready, *self._workers]
         running = [t for t in tasks if not t.done()]
         if running:

@@ -1,16 +1,30 @@
-"""The backend interface: start workers, run units of work, abandon, shut down."""
+"""The backend contract: start workers, wake them, abandon a task, shut down.
+
+A backend only runs work. Workers pull: each calls ``engine.acquire()`` when
+it is free and gets ``Work(task)``, ``Wait(seconds)`` or ``DONE``; it runs
+the task's items and reports with ``engine.complete(task, outcome)`` (or
+``engine.lost(...)`` when a worker died with the task, ``engine.release``
+when it gives a task back). Everything else (retries, timeouts, rate limits,
+ordering, failure strategies, chunk sizes, progress, checkpoints) is the
+engine's and the planner's. What a backend is like -- its default number of
+workers, how chunks should be sized for it, whether it can report a chunk
+item by item -- it declares as data (``Traits``), which the planner reads: no
+code asks a backend's name.
+"""
 
 from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from shoal._core.options import Options
+from shoal._policies.chunking import ChunkParams
 
 if TYPE_CHECKING:
-    from shoal._core.engine import Engine, Task
+    from shoal._core.engine import Engine, Task, Wait
 
 
 def cpu_count() -> int:
@@ -21,73 +35,99 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def default_window(workers: int, chunk: int) -> int:
-    """Items pulled and not yet delivered, by default: four chunks per worker, at least 64."""
-    return max(64, 4 * workers * chunk)
+@dataclass(frozen=True, slots=True)
+class Traits:
+    """What a backend is like, for the planner.
+
+    Attributes:
+        name: the ``backend=`` value.
+        default_workers: workers when the caller sets none.
+        chunking: how to size chunks with ``chunk_size="auto"``; None: one
+            item per task (the backend hands items over one by one anyway).
+        inline: no workers: the consumer runs each task itself (``InlineBackend``).
+        runs_on_loop: workers are coroutines on the consumer's event loop.
+        shared_lots: the largest *lot* (0: none): a task that every free
+            worker takes items from, one at a time, so that no item waits
+            behind a slow one.
+        streams_items: can report a chunk item by item, so a chunk may carry
+            a per-item deadline (elsewhere a timeout means one item per task).
+        isolates_crashes: a worker that dies costs one item, not the run.
+        recycles_workers: honours ``max_items_per_worker``.
+    """
+
+    name: str
+    default_workers: Callable[[], int]
+    chunking: ChunkParams | None = None
+    inline: bool = False
+    runs_on_loop: bool = False
+    shared_lots: int = 0
+    streams_items: bool = False
+    isolates_crashes: bool = False
+    recycles_workers: bool = True
 
 
 class Backend(ABC):
-    """Runs the engine's tasks on some kind of worker.
+    """Runs the engine's tasks on some kind of worker (see the module docstring)."""
 
-    Workers pull: each calls ``engine.acquire()`` when it is free, runs the
-    task, and reports with ``engine.complete(task, outcome)``. Waiting for
-    capacity (``acquire`` returned a number of seconds) is done in the
-    backend's own way, woken by ``engine.on_capacity``.
-    """
-
-    name: ClassVar[str]
-    #: workers are coroutines on the consumer's event loop (asyncio only)
-    runs_on_loop: ClassVar[bool] = False
-    #: with chunk_size="auto", grow chunks until a task takes about this long
-    #: (tiny items then stop paying the engine's per-task cost); None: fixed
-    adaptive_chunk_seconds: ClassVar[float | None] = None
+    traits: ClassVar[Traits]
 
     def __init__(self, fn: Callable[[Any], Any], options: Options, workers: int) -> None:
         self.fn = fn
         self.options = options
         self.workers = workers
 
-    @classmethod
-    def default_workers(cls) -> int:
-        return 1
-
-    def auto_chunk_size(self, total: int | None) -> int:
-        """Chunk size for ``chunk_size="auto"``; ``total`` is the input length if known."""
-        return 1
-
-    def default_max_in_flight(self, chunk: int) -> int:
-        """``max_in_flight`` when the caller sets none: items pulled, not yet delivered."""
-        return default_window(self.workers, chunk)
+    @property
+    def name(self) -> str:
+        return self.traits.name
 
     @abstractmethod
     def start(self, engine: Engine) -> None:
-        """Start the workers; they run until ``acquire`` returns None."""
+        """Start the workers; they run until ``acquire`` answers ``DONE``."""
 
-    def abandon(self, task: Task) -> None:  # noqa: B027 - optional hook
+    @abstractmethod
+    def wake(self, everyone: bool) -> None:
+        """Work may be available. ``everyone=False`` wakes one waiting worker
+        (it passes the baton on if it finds more); ``everyone=True`` wakes all,
+        because the run is over for all of them. Thread-safe."""
+
+    def resize(self, workers: int) -> None:
+        """Allow ``workers`` workers from now on (the auto probe ran on one)."""
+        self.workers = workers
+        self.wake(False)
+
+    def abandon(self, task: Task) -> None:  # noqa: B027 - optional: not every backend holds tasks
         """``task`` timed out: stop it if possible and restore the capacity."""
 
     @abstractmethod
     def shutdown(self, cancel: bool) -> None:
         """Stop the workers. ``cancel``: do not wait for running items."""
 
+    async def ashutdown(self, cancel: bool) -> None:
+        """``shutdown`` from a coroutine consumer, without blocking its loop."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        await asyncio.shield(loop.run_in_executor(None, self.shutdown, cancel))
+
 
 class InlineBackend(Backend):
     """A backend without workers: the consumer runs each task itself."""
 
     @abstractmethod
-    def step(self, engine: Engine) -> None:
-        """Acquire and run one task (or wait as told) on the calling thread."""
+    def step(self, engine: Engine) -> Wait | None:
+        """Acquire and run one task on the calling thread; or say how long to
+        wait (the consumer waits, so that it still sees results and deadlines)."""
 
     @abstractmethod
-    async def astep(self, engine: Engine) -> None:
-        """``step`` from a coroutine: awaits async functions, sleeps without blocking."""
+    async def astep(self, engine: Engine) -> Wait | None:
+        """``step`` from a coroutine: awaits async functions on the consumer's loop."""
 
     def start(self, engine: Engine) -> None:
-        self.run_initializer()
+        if self.options.initializer is not None:
+            self.options.initializer(*self.options.initargs)
+
+    def wake(self, everyone: bool) -> None:
+        return None  # nobody waits: the consumer steps again after each wake-up
 
     def shutdown(self, cancel: bool) -> None:
         return None
-
-    def run_initializer(self) -> None:
-        if self.options.initializer is not None:
-            self.options.initializer(*self.options.initargs)

@@ -1,5 +1,8 @@
 """The thread backend: a pool of daemon threads pulling tasks from the engine.
 
+Threads start as work needs them, up to ``workers`` (as
+``ThreadPoolExecutor`` does): a run of two items starts two threads.
+
 A Python thread cannot be killed. When an item times out the engine fails it
 with ``TimeoutError`` and this backend *abandons* the thread running it (the
 thread finishes its call in the background and then exits, its result thrown
@@ -14,8 +17,10 @@ import math
 import threading
 from typing import TYPE_CHECKING
 
-from shoal._backends._base import Backend, cpu_count
+from shoal._backends._base import Backend, Traits, cpu_count
 from shoal._core.calling import Outcome, close_thread_loop, run_chunk, sync_caller
+from shoal._core.engine import Done, Wait
+from shoal._policies.chunking import ChunkParams
 
 if TYPE_CHECKING:
     from shoal._core.engine import Engine, Task
@@ -35,54 +40,68 @@ class _Worker:
 class ThreadBackend(Backend):
     """Threads for I/O-bound work (the GIL is released while waiting)."""
 
-    name = "threads"
-    adaptive_chunk_seconds = 0.002
-
-    @classmethod
-    def default_workers(cls) -> int:
+    traits = Traits(
+        "threads",
         # The same default as concurrent.futures.ThreadPoolExecutor.
-        return min(32, cpu_count() + 4)
+        default_workers=lambda: min(32, cpu_count() + 4),
+        # Handing a chunk to a thread costs a lock and a wake-up: 2 ms of work
+        # per chunk makes that negligible while keeping chunks short enough
+        # that the threads share the work evenly.
+        chunking=ChunkParams(target_seconds=0.002, min_seconds=0.002),
+    )
 
     def start(self, engine: Engine) -> None:
         self._engine = engine
         self._call = sync_caller(self.fn)
         self._pool = next(_pool_ids)
         self._names = itertools.count()
-        # _cond guards _gen, _waiting and _closing. _gen changes on every wake
-        # so that a worker that asked the engine before a wake never sleeps
-        # through it (no lost wake-ups).
+        all_or_nothing = self.options.on_error == "all_or_nothing"
+        self._stop_on_error = all_or_nothing
+        # Under all_or_nothing another thread's failure stops this one's chunk
+        # before its next item; the check costs a call per item, so only then.
+        self._halted = (lambda: engine.stopped) if all_or_nothing and self.workers > 1 else None
+        # _cond guards _gen, _waiting, _closing and _workers. _gen changes on
+        # every wake so that a worker that asked the engine before a wake
+        # never sleeps through it (no lost wake-ups).
         self._cond = threading.Condition()
         self._gen = 0
         self._waiting = 0
         self._closing = False
-        # _workers_lock guards _workers (abandon runs on the consumer thread).
-        self._workers_lock = threading.Lock()
         self._workers: list[_Worker] = []
-        engine.on_capacity = self._wake
-        for _ in range(self.workers):
-            self._spawn()
+        self._spawn()
 
     def _spawn(self) -> None:
-        worker = _Worker()
+        """Start a thread (lock not held by the caller)."""
+        with self._cond:
+            if self._closing or len(self._workers) >= self.workers:
+                return
+            worker = _Worker()
+            self._workers.append(worker)
         name = f"shoal-{self._pool}-{next(self._names)}"
         worker.thread = threading.Thread(target=self._run, args=(worker,), name=name, daemon=True)
-        with self._workers_lock:
-            self._workers.append(worker)
         worker.thread.start()
 
-    def _wake(self, everyone: bool = False) -> None:
+    def wake(self, everyone: bool) -> None:
         with self._cond:
             self._gen += 1
             if everyone:
                 self._cond.notify_all()
-            elif self._waiting:
+                return
+            if self._waiting:
                 self._cond.notify()
+                return
+            grow = not self._closing and len(self._workers) < self.workers
+        if grow:
+            self._spawn()  # work is waiting and every thread is busy: one more
 
     def _run(self, me: _Worker) -> None:
         try:
             self._work(me)
         finally:
             close_thread_loop()  # an async fn gave this thread a loop: close it with the thread
+            with self._cond:
+                if me in self._workers:
+                    self._workers.remove(me)
 
     def _work(self, me: _Worker) -> None:
         engine = self._engine
@@ -99,58 +118,55 @@ class ThreadBackend(Backend):
             with self._cond:
                 gen = self._gen
             got = engine.acquire()
-            if got is None:
+            if isinstance(got, Done):
                 break
-            if isinstance(got, float):
+            if isinstance(got, Wait):
                 with self._cond:
                     if self._gen == gen and not self._closing:
                         self._waiting += 1
-                        self._cond.wait(None if math.isinf(got) else got)
+                        self._cond.wait(None if math.isinf(got.seconds) else got.seconds)
                         self._waiting -= 1
                 continue
-            # Pass the baton: there may be more work than this one task.
-            if self._waiting:
-                self._wake()
-            me.task = got
-            outcome = self._run_task(got, name)
+            task = got.task
+            me.task = task
+            outcome = self._run_task(task, name)
             me.task = None
             if me.abandoned:
                 break  # the engine has failed this item already; drop the result
-            engine.complete(got, outcome)
-            ran += len(got.items)
+            engine.complete(task, outcome)
+            ran += len(outcome.values)
             if limit is not None and ran >= limit:
                 # Recycle: a fresh thread (and initializer) replaces this one.
                 self._retire(me)
                 break
 
     def _run_task(self, task: Task, name: str) -> Outcome:
-        try:
-            return run_chunk(self._call, task.items[task.done :], name)
-        except BaseException as exc:  # SystemExit and the like: fail the items, keep the pool
-            n = len(task.items) - task.done
-            return Outcome([None] * n, dict.fromkeys(range(n), exc), 0.0, name)
+        return run_chunk(self._call, task.items[task.done :] if task.done else task.items, name,
+                         stop_on_error=self._stop_on_error, halted=self._halted)
 
     def _retire(self, me: _Worker) -> None:
-        with self._workers_lock:
+        with self._cond:
             if me in self._workers:
                 self._workers.remove(me)
-        if not self._closing:
-            self._spawn()
+        self._spawn()
 
     def abandon(self, task: Task) -> None:
-        with self._workers_lock:
+        with self._cond:
             victims = [w for w in self._workers if w.task is task]
         for w in victims:
             w.abandoned = True
             self._retire(w)
 
     def shutdown(self, cancel: bool) -> None:
-        self._closing = cancel
-        self._wake(everyone=True)
-        if cancel:
-            return  # daemon threads: a running call finishes on its own
-        with self._workers_lock:
+        # Either way no thread takes another task; ``cancel`` only says not
+        # to wait for the ones running (daemons: they finish on their own).
+        with self._cond:
+            self._closing = True
+            self._gen += 1
+            self._cond.notify_all()
             threads = [w.thread for w in self._workers if w.thread is not None]
+        if cancel:
+            return
         current = threading.current_thread()
         for t in threads:
             if t is not current:

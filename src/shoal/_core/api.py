@@ -1,17 +1,19 @@
 """The public calls: ``map``, ``run``, ``imap`` and their async twins.
 
-Each is a thin loop over ``Run.segments`` / ``Run.asegments``; they differ only
-in what they hand back. ``backend="asyncio"`` needs an event loop, so from
-synchronous code it runs on one (``arun``), or on a helper thread's loop for
-the streaming ``imap``.
+Each is a thin loop over ``consumer.segments`` / ``consumer.asegments``; they
+differ only in what they hand back. ``backend="asyncio"`` needs an event
+loop, so from synchronous code it runs on one (``arun``), or on a helper
+thread's loop for the streaming ``imap``.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
+import contextlib
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
 from shoal._core.bridge import arun, iterate_in_thread
+from shoal._core.consumer import asegments, segments
 from shoal._core.engine import Segment
 from shoal._core.options import OnError, Options
 from shoal._core.results import BatchReport, ItemResult
@@ -20,8 +22,13 @@ from shoal._core.run import Run
 T = TypeVar("T")
 
 
+def _run(fn: Callable[[Any], Any], items: Iterable[Any], on_error: OnError,
+         options: Mapping[str, Any]) -> Run:
+    return Run(fn, items, Options.from_kwargs(on_error, options), options)
+
+
 def _needs_loop(run: Run) -> bool:
-    return run.backend is not None and run.backend.runs_on_loop
+    return run.backend.traits.runs_on_loop
 
 
 def _values(segs: list[Segment], on_error: str, out: list[Any]) -> None:
@@ -35,6 +42,53 @@ def _values(segs: list[Segment], on_error: str, out: list[Any]) -> None:
             elif on_error == "collect_errors":
                 out.append(r.error)
             # skip_failed: dropped; all_or_nothing: Run.check() raises
+
+
+@contextlib.contextmanager
+def _guard(run: Run) -> Iterator[None]:
+    """Around a consumer: Ctrl-C becomes ``BatchInterrupted`` carrying what
+    finished; any other error closes the observers and the checkpoint
+    (committing what was recorded) before it propagates.
+
+    Raises:
+        BatchInterrupted: on KeyboardInterrupt.
+    """
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise run.interrupted() from None
+    except BaseException:
+        run.close(None)
+        raise
+
+
+@contextlib.contextmanager
+def _aguard(run: Run) -> Iterator[None]:
+    """``_guard`` for a coroutine consumer: cancellation (how a loop delivers
+    Ctrl-C to a task) closes the observers with the partial report and
+    propagates; the synchronous caller then raises ``BatchInterrupted``."""
+    import asyncio  # loaded already: the consumer runs on a loop
+
+    try:
+        yield
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        run.close(run.report(interrupted=True))
+        raise
+    except BaseException:
+        run.close(None)
+        raise
+
+
+def _on_loop(run: Run, coro: Any) -> Any:
+    """Run a coroutine consumer from synchronous code; Ctrl-C is ``BatchInterrupted``.
+
+    Raises:
+        BatchInterrupted: on KeyboardInterrupt, with every result finished so far.
+    """
+    try:
+        return arun(coro)
+    except KeyboardInterrupt:
+        raise run.interrupted() from None
 
 
 def map(fn: Callable[[Any], T], items: Iterable[Any], **options: Any) -> list[T]:
@@ -51,12 +105,12 @@ def map(fn: Callable[[Any], T], items: Iterable[Any], **options: Any) -> list[T]
         BatchInterrupted: Ctrl-C; ``.report`` holds what finished.
         BaseException: the first item's exception under all_or_nothing.
     """
-    run = Run(fn, items, Options.from_kwargs("all_or_nothing", options))
+    run = _run(fn, items, "all_or_nothing", options)
     if _needs_loop(run):
-        return arun(_amap(run))
+        return _on_loop(run, _amap(run))  # type: ignore[no-any-return]
     out: list[Any] = []
-    with run.guard():
-        for segs in run.segments():
+    with _guard(run):
+        for segs in segments(run):
             run.deliver(segs, keep=False)
             _values(segs, run.opts.on_error, out)
     run.close(None)
@@ -75,11 +129,11 @@ def run(fn: Callable[[Any], T], items: Iterable[Any], **options: Any) -> BatchRe
         BatchInterrupted: Ctrl-C; ``.report`` holds what finished.
         BaseException: the first item's exception under all_or_nothing.
     """
-    batch = Run(fn, items, Options.from_kwargs("collect_errors", options))
+    batch = _run(fn, items, "collect_errors", options)
     if _needs_loop(batch):
-        return arun(_arun_report(batch))
-    with batch.guard():
-        for segs in batch.segments():
+        return _on_loop(batch, _arun_report(batch))  # type: ignore[no-any-return]
+    with _guard(batch):
+        for segs in segments(batch):
             batch.deliver(segs, keep=True)
     report = batch.report()
     batch.close(report)
@@ -100,7 +154,7 @@ def imap(
         InvalidItemsError: ``items`` is not iterable.
         BatchInterrupted: Ctrl-C; ``.report`` holds finished, unyielded results.
     """
-    batch = Run(fn, items, Options.from_kwargs("collect_errors", {**options, "ordered": ordered}))
+    batch = _run(fn, items, "collect_errors", {**options, "ordered": ordered})
     if _needs_loop(batch):
         return _imap_on_loop(batch)
     return _imap(batch)
@@ -108,11 +162,12 @@ def imap(
 
 def _imap(batch: Run) -> Iterator[ItemResult[Any]]:
     skip = batch.opts.on_error == "skip_failed"
-    with batch.guard():
-        for segs in batch.segments():
-            for r in batch.results(segs):
-                if r.ok or not skip:
-                    yield r
+    with _guard(batch):
+        for segs in segments(batch):
+            for seg in segs:
+                for r in seg.item_results():
+                    if r.ok or not skip:
+                        yield r
     batch.close(None)
 
 
@@ -131,7 +186,7 @@ async def amap(fn: Callable[[Any], Any], items: Iterable[Any], **options: Any) -
         InvalidItemsError: ``items`` is not iterable.
         BaseException: the first item's exception under all_or_nothing.
     """
-    return await _amap(Run(fn, items, Options.from_kwargs("all_or_nothing", options)))
+    return await _amap(_run(fn, items, "all_or_nothing", options))
 
 
 async def arun_batch(
@@ -143,7 +198,7 @@ async def arun_batch(
         InvalidOptionError: an unknown option or a bad value.
         InvalidItemsError: ``items`` is not iterable.
     """
-    return await _arun_report(Run(fn, items, Options.from_kwargs("collect_errors", options)))
+    return await _arun_report(_run(fn, items, "collect_errors", options))
 
 
 async def aimap(
@@ -155,7 +210,7 @@ async def aimap(
         InvalidOptionError: an unknown option or a bad value.
         InvalidItemsError: ``items`` is not iterable.
     """
-    batch = Run(fn, items, Options.from_kwargs("collect_errors", {**options, "ordered": ordered}))
+    batch = _run(fn, items, "collect_errors", {**options, "ordered": ordered})
     inner = _aimap(batch)
     try:
         async for r in inner:
@@ -166,8 +221,8 @@ async def aimap(
 
 async def _amap(batch: Run) -> list[Any]:
     out: list[Any] = []
-    with batch.aguard():
-        async for segs in batch.asegments():
+    with _aguard(batch):
+        async for segs in asegments(batch):
             batch.deliver(segs, keep=False)
             _values(segs, batch.opts.on_error, out)
     batch.close(None)
@@ -175,8 +230,8 @@ async def _amap(batch: Run) -> list[Any]:
 
 
 async def _arun_report(batch: Run) -> BatchReport[Any]:
-    with batch.aguard():
-        async for segs in batch.asegments():
+    with _aguard(batch):
+        async for segs in asegments(batch):
             batch.deliver(segs, keep=True)
     report = batch.report()
     batch.close(report)
@@ -185,17 +240,18 @@ async def _arun_report(batch: Run) -> BatchReport[Any]:
 
 async def _aimap(batch: Run) -> AsyncGenerator[ItemResult[Any], None]:
     skip = batch.opts.on_error == "skip_failed"
-    segments = batch.asegments()
+    stream = asegments(batch)
     try:
-        async for segs in segments:
-            for r in batch.results(segs):
-                if r.ok or not skip:
-                    yield r
+        async for segs in stream:
+            for seg in segs:
+                for r in seg.item_results():
+                    if r.ok or not skip:
+                        yield r
     except BaseException:
         batch.close(None)
         raise
     finally:
-        await segments.aclose()
+        await stream.aclose()
     batch.close(None)
 
 

@@ -14,7 +14,7 @@ import inspect
 import threading
 import time
 import types
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +34,12 @@ class Outcome:
     ``values[k]`` is the value of the k-th item reported (None where it
     failed); ``errors`` maps such positions to the exception, and is None when
     every item succeeded (the common case costs no dict). ``durations``, when
-    the worker timed each item, holds their seconds.
+    the worker timed each item, holds their seconds. ``cpu`` is the CPU time
+    the worker's thread spent on them, when measured (the auto probe reads
+    it). ``stopped``: the worker ran only these items of a longer task and
+    stopped (all_or_nothing after a failure); the engine gives the rest back.
+    ``item_bytes``: pickled bytes per item, of the larger of items and results,
+    when the backend pickled them (chunk sizes stay under its frame budget).
     """
 
     values: list[Any]
@@ -42,6 +47,9 @@ class Outcome:
     duration: float  # seconds for all the items reported
     worker: str
     durations: list[float] | None = None
+    cpu: float | None = None
+    stopped: bool = False
+    item_bytes: float = 0.0
 
 
 def is_async_callable(fn: Callable[..., Any]) -> bool:
@@ -101,12 +109,29 @@ def worker_name() -> str:
     return threading.current_thread().name
 
 
-def run_chunk(call: Callable[[Any], Any], items: Iterable[Any], worker: str) -> Outcome:
-    """Run ``call`` on every item (iterated once, in order); an exception fails that item alone."""
+def run_chunk(
+    call: Callable[[Any], Any],
+    items: Iterable[Any],
+    worker: str,
+    *,
+    stop_on_error: bool = False,
+    halted: Callable[[], bool] | None = None,
+) -> Outcome:
+    """Run ``call`` on every item (iterated once, in order); an exception fails that item alone.
+
+    Any exception but ``KeyboardInterrupt`` is the item's own failure
+    (``SystemExit`` from argparse or ``sys.exit`` in a helper included): it
+    never fails the items before or after it. ``stop_on_error``
+    (all_or_nothing): stop after the first failure; ``halted``: checked
+    before each item, stop when it says so (another worker's failure). Either
+    way the outcome is ``stopped`` and holds only the items that ran.
+    """
     start = time.perf_counter()
+    cpu0 = time.thread_time()
     values: list[Any] = []
     errors: dict[int, BaseException] | None = None
-    it = iter(items)
+    it = iter(items) if halted is None else _until_halted(items, halted)
+    stopped = False
     while True:
         # One try per stretch of successes, not per item, and list.extend(map())
         # keeps what it appended before an exception: tiny items cost about
@@ -114,37 +139,62 @@ def run_chunk(call: Callable[[Any], Any], items: Iterable[Any], worker: str) -> 
         try:
             values.extend(map(call, it))
             break
-        except Exception as exc:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
             if errors is None:
                 errors = {}
             errors[len(values)] = exc
             values.append(None)
-    return Outcome(values, errors, time.perf_counter() - start, worker)
+            if stop_on_error:
+                stopped = True
+                break
+    if halted is not None and halted():
+        stopped = True
+    return Outcome(values, errors, time.perf_counter() - start, worker,
+                   cpu=time.thread_time() - cpu0, stopped=stopped)
+
+
+def _until_halted(items: Iterable[Any], halted: Callable[[], bool]) -> Iterator[Any]:
+    for item in items:
+        if halted():
+            return
+        yield item
 
 
 async def run_chunk_async(
     fn: Callable[[Any], Any],
     items: Sequence[Any],
     worker: str,
-    wrap: Callable[[Awaitable[Any]], Awaitable[Any]] | None = None,
+    *,
+    stop_on_error: bool = False,
 ) -> Outcome:
-    """``run_chunk`` for the event loop: awaitable results are awaited.
+    """``run_chunk`` for the event loop (the inline backend under a coroutine
+    consumer): awaitable results are awaited, on the consumer's loop.
 
-    ``wrap`` may turn each awaitable into another before it is awaited (the
-    asyncio backend gives timed items a task of their own, to cancel them).
+    Raises:
+        KeyboardInterrupt, asyncio.CancelledError: never an item's failure.
     """
+    import asyncio  # loaded already: this runs on a loop
+
     start = time.perf_counter()
+    cpu0 = time.thread_time()
     values: list[Any] = []
     errors: dict[int, BaseException] | None = None
     for k, x in enumerate(items):
         try:
             value = fn(x)
             if type(value) is _COROUTINE or inspect.isawaitable(value):
-                value = await (value if wrap is None else wrap(value))
+                value = await value
             values.append(value)
-        except Exception as exc:
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            raise
+        except BaseException as exc:
             values.append(None)
             if errors is None:
                 errors = {}
             errors[k] = exc
-    return Outcome(values, errors, time.perf_counter() - start, worker)
+            if stop_on_error:
+                break
+    return Outcome(values, errors, time.perf_counter() - start, worker,
+                   cpu=time.thread_time() - cpu0, stopped=len(values) < len(items))

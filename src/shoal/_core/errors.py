@@ -19,6 +19,10 @@ else::
     │                                                traceback): unpicklable, or restored
     │                                                from a checkpoint
     ├── RemoteTraceback(ShoalError)                  a worker-side traceback, as __cause__
+    ├── InvalidGraphError(ShoalError, TypeError)     a graph wired with something that is
+    │                                                not a node, an action or params
+    ├── GraphError(ShoalError, RuntimeError)         a graph cannot go on: no start node,
+    │                                                or max_steps node runs reached
     ├── CheckpointDamaged(ShoalError, OSError)       the file is corrupt: salvage or start afresh
     └── CheckpointInUse(ShoalError, RuntimeError)    another run has the checkpoint open
     BatchInterrupted(KeyboardInterrupt)              Ctrl-C; carries the partial report
@@ -180,3 +184,19 @@ class BatchInterrupted(KeyboardInterrupt):
             "see .report for their results"
         )
         self.report = report
+
+
+class InvalidGraphError(ShoalError, TypeError):
+    """A graph or node was given the wrong kind of thing: a successor or start
+    that is not a node, an action that is not a string, params that are not a dict."""
+
+
+class GraphError(ShoalError, RuntimeError):
+    """A graph cannot go on: it has no start node, or it reached ``max_steps`` node runs."""
+
+
+def add_note(exc: BaseException, note: str) -> None:
+    """``exc.add_note(note)`` where Python has it (3.11+), once."""
+    adder = getattr(exc, "add_note", None)
+    if adder is not None and note not in getattr(exc, "__notes__", ()):
+        adder(note)

@@ -1,87 +1,97 @@
-"""One run: planning (backend, chunking, hooks) and the two consumer loops.
+"""One run: its engine, its backend, its sinks, and how it ends.
 
-The consumer loop is the only place that waits for results and the only place
-that enforces timeouts: it sleeps until results arrive or the earliest deadline
-passes, then asks the engine to ``expire`` and the backend to ``abandon``.
-It is written once (``Run._steps``, which says what to do next) and carried
-out twice: blocking (``segments``) and awaiting (``asegments``).
+The decisions live elsewhere (``planner``: backend, chunks, window;
+``probe``: what ``backend="auto"`` measures and chooses), and so do the loops
+that consume results (``consumer``). A ``Run`` holds what one call to
+map/run/imap/amap/aimap is made of and carries out the planner's decisions:
+start a backend, switch from the probe to the chosen one, hand settled
+results to the sinks, build the report, close.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import importlib.util
-import threading
 import time
-from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from shoal._backends import Backend, InlineBackend, backend_class
-from shoal._backends._base import cpu_count, default_window
+from shoal._backends import Backend, backend_class
+from shoal._core import planner
 from shoal._core.calling import is_async_callable
 from shoal._core.engine import Engine, Segment
-from shoal._core.errors import BatchInterrupted, InvalidItemsError, InvalidOptionError, NotPicklable
+from shoal._core.errors import (
+    BatchInterrupted,
+    InvalidItemsError,
+    InvalidOptionError,
+    add_note,
+)
 from shoal._core.options import Options
+from shoal._core.probe import Probe
 from shoal._core.results import BatchReport, ItemResult
-from shoal._policies.auto import PROBE_MAX_ITEMS, PROBE_MAX_SECONDS, ProbeSample, choose_backend
+from shoal._core.source import IterSource, SliceSource, Source
 from shoal._sinks.base import ResultStore, RunInfo, RunObserver
 
-#: chunk size of the inline backend once auto has chosen it for tiny items
-TINY_CHUNK = 4096
 
+def make_source(items: Iterable[Any], on_ready: Callable[[], None]) -> Source:
+    """The input as a ``Source``.
 
-def _iterate(items: Iterable[Any]) -> Iterator[Any]:
+    Raises:
+        InvalidItemsError: ``items`` is a string or not iterable.
+    """
     if isinstance(items, (str, bytes)):
         raise InvalidItemsError(
             f"items is a {type(items).__name__}; shoal would run fn on each character. "
             "Pass a list of strings (e.g. [text]) or text.splitlines()"
         )
+    if type(items) in (range, list, tuple):
+        return SliceSource(items)  # type: ignore[arg-type]
     try:
-        return iter(items)
+        iter(items)
     except TypeError:
         hint = " (an async iterable: use shoal.aimap/amap)" if hasattr(items, "__aiter__") else ""
         raise InvalidItemsError(
             f"items must be iterable, got {type(items).__name__}{hint}; "
             "pass a list, a generator or any other iterable"
         ) from None
+    return IterSource(items, on_ready)
 
 
 class Run:
-    """Planning and consumption of one call to map/run/imap/amap/aimap."""
+    """Everything one call is made of (see the module docstring)."""
 
-    def __init__(self, fn: Callable[[Any], Any], items: Iterable[Any], opts: Options) -> None:
+    def __init__(self, fn: Callable[[Any], Any], items: Iterable[Any], opts: Options,
+                 settings: Mapping[str, Any] | None = None) -> None:
         if not callable(fn):
             raise InvalidOptionError(f"fn must be callable, got {fn!r}")
         self.fn = fn
-        self.opts = opts
         self.started = time.perf_counter()
+        self.started_at = time.time()
+        self.settings = dict(settings or {})
         self.delivered: list[ItemResult[Any]] = []  # kept only when a report is wanted
-        source = _iterate(items)
+        self.closed = False
+        source = make_source(items, lambda: self.engine.input_ready())
         self.total: int | None = opts.total
         if self.total is None and hasattr(items, "__len__"):
             self.total = len(items)  # type: ignore[arg-type]
-        self.is_async = is_async_callable(fn)
-        name = opts.backend
-        self.reason = "chosen by the caller"
-        if name == "auto":
-            if self.is_async:
-                name, self.reason = choose_backend(True, None, cpu_count())
-            else:
-                name = ""  # decided by the probe, on the consumer side
-        elif name == "sequential" and opts.timeout is not None:
+        name, self.reason = opts.backend, "chosen by the caller"
+        if name == "sequential" and opts.timeout is not None:
             name = "threads"
             self.reason = "sequential with a timeout: one worker thread, so a hung item can be left"
             opts = dataclasses.replace(opts, workers=1)
-            self.opts = opts
-        self.backend: Backend | None = self._make_backend(name) if name else None
-        self.running: Backend | None = None  # the backend once its start() has begun
-        chunk = self._chunk_size()
-        max_in_flight = opts.max_in_flight or (
-            self.backend.default_max_in_flight(chunk) if self.backend else default_window(1, chunk))
+        elif name == "auto" and is_async_callable(fn):
+            name = "asyncio"
+            self.reason = "auto: fn is a coroutine function: run natively on asyncio"
+        elif name == "auto" and opts.address is not None:
+            name, self.reason = "dask", "auto: address= names a Dask scheduler"
+        self.opts = opts
+        self.probe: Probe | None = None
+        if name == "auto":
+            self.probe = Probe(fn, opts, self.total)
+            name = self.probe.kind
+        self.backend: Backend = self._make_backend(
+            name, Probe.workers if self.probe is not None else None)
+        self.running: list[Backend] = []  # started (or starting): each is shut down at the end
         self.store: ResultStore | None = _open_store(opts.checkpoint, fn)
-        self.engine = Engine(items if type(items) is range else source, opts,
-                             chunk_size=chunk, max_in_flight=max_in_flight, store=self.store)
         self.observers: list[RunObserver] = []
         if opts.progress:
             from shoal._sinks.progress import make_progress
@@ -89,87 +99,112 @@ class Run:
             obs = make_progress(opts.progress, opts.total)
             if obs is not None:
                 self.observers.append(obs)
+        plan = self._plan(self.backend, self.total)
+        if self.probe is not None:
+            plan.chunks.fixed = plan.chunks.size = 1  # one item at a time: each one is timed
+        self.engine = Engine(source, opts, chunks=plan.chunks, window=plan.window,
+                             store=self.store, total=self.total,
+                             track_settled=self.store is not None or bool(self.observers))
+        if self.probe is not None:
+            self.engine.limit(self.probe.budget)
 
     # --------------------------------------------------------------- planning
-    def _make_backend(self, name: str) -> Backend:
+    def _make_backend(self, name: str, workers: int | None = None) -> Backend:
         cls = backend_class(name)
-        workers = self.opts.workers or cls.default_workers()
-        return cls(self.fn, self.opts, workers)
+        planner.check(self.opts, cls.traits)
+        n = workers or self.opts.workers or cls.traits.default_workers()
+        return cls(self.fn, self.opts, n)
 
-    def _workers(self) -> int:
-        return self.backend.workers if self.backend is not None else 1
-
-    def _chunk_size(self) -> int:
-        if self.opts.chunk_size != "auto":
-            if self.opts.timeout is not None and self.opts.chunk_size > 1 and (
-                self.backend is None or not self.backend.name == "processes"
-            ):
-                raise InvalidOptionError(
-                    "timeout is per item and needs chunk_size=1 on this backend; "
-                    'drop chunk_size or use chunk_size="auto"'
-                )
-            return self.opts.chunk_size
-        if self.backend is None:
-            return 1  # the probe measures item by item
-        return self.backend.auto_chunk_size(self.total)
+    def _plan(self, backend: Backend, total: int | None) -> planner.Plan:
+        return planner.plan(self.opts, backend.traits, total, backend.workers)
 
     @property
     def backend_name(self) -> str:
-        return self.backend.name if self.backend is not None else "auto"
+        return "auto" if self.probe is not None else self.backend.name
 
-    def _start_backend(self, backend: Backend) -> None:
-        opts = self.opts
-        target = backend.adaptive_chunk_seconds
-        if target is not None and opts.chunk_size == "auto" and opts.timeout is None \
-                and opts.rate is None:
-            self.engine.adapt_chunks(target, backend.workers)
-        self.running = backend  # before start(): a start cut short is shut down too
-        backend.start(self.engine)
+    def begin(self, wake_consumer: Callable[[], None]) -> None:
+        """Start observers and the first backend (the probe's, under auto).
 
-    def _start_observers(self) -> None:
-        info = RunInfo(self.total, self.backend_name, self._workers())
+        ``wake_consumer`` wakes the consumer loop (from any thread).
+        """
+        self._wake_consumer = wake_consumer
+        info = RunInfo(self.total, self.backend_name, self.backend.workers)
         for obs in self.observers:
             obs.on_start(info)
+        self._start(self.backend)
 
-    # ------------------------------------------------------------- auto probe
-    def _probe(self) -> None:
-        """Run first items inline, measure, and choose the backend."""
-        probe = backend_class("sequential")(self.fn, self.opts, 1)
-        assert isinstance(probe, InlineBackend)
-        probe.start(self.engine)
-        engine = self.engine
-        wall = cpu = 0.0
-        while (engine.items_run < PROBE_MAX_ITEMS and wall < PROBE_MAX_SECONDS
-               and engine.probe_can_continue()):
-            w0, c0 = time.perf_counter(), time.thread_time()
-            probe.step(engine)
-            wall += time.perf_counter() - w0
-            cpu += time.thread_time() - c0
-        n = engine.items_run
-        exhausted = self.engine.exhausted
-        remaining = None if self.total is None else max(0, self.total - n)
-        sample = ProbeSample(n, wall, cpu, exhausted, remaining)
-        available = importlib.util.find_spec("shoal._backends._processes.pool") is not None
-        name, self.reason = choose_backend(False, sample, cpu_count(), available)
-        self.reason = f"auto: {self.reason}"
+    def _start(self, backend: Backend) -> None:
+        self.engine.bind(backend.wake, self._wake_consumer)
+        self.running.append(backend)  # before start(): a start cut short is shut down too
+        backend.start(self.engine)
+
+    def choose(self) -> Backend | None:
+        """``backend="auto"``: a phase of the probe is over; go on probing
+        elsewhere, or plan the chosen backend.
+
+        Returns the backend that must be shut down before the next one
+        starts (the consumer does that, blocking or awaiting), else None.
+        ``switch`` then starts the next one.
+        """
+        probe = self.probe
+        assert probe is not None
+        old = self.backend
+        further = probe.go_on(self.engine)
+        if isinstance(further, Backend):  # the rest of the probe runs in a process
+            self.backend = further
+            return old
+        if further is not None:
+            old.wake(False)  # the same worker goes on: the engine allows it more items
+            return None
+        name, self.reason = probe.decide(self.engine)
+        self.probe = None
+        if name == old.name:  # same kind: keep its workers, allow more
+            workers = self.opts.workers or old.traits.default_workers()
+            old.workers = workers  # planned for; resize() below starts them
+            self._replan(old)
+            old.resize(workers)
+            return None
         try:
             self.backend = self._make_backend(name)
-        except NotPicklable as exc:  # CPU-bound, but cannot cross to a process
-            self.reason += f"; but fn cannot be pickled ({exc}), so threads"
+        except InvalidOptionError:
+            raise
+        except Exception as exc:  # e.g. NotPicklable: CPU-bound, but cannot cross to a process
+            self.reason += f"; but {exc}, so threads"
             self.backend = self._make_backend("threads")
-        if self.opts.chunk_size != "auto":
-            chunk = self.opts.chunk_size
-        elif name == "sequential":
-            chunk = TINY_CHUNK
-        else:
-            chunk = self.backend.auto_chunk_size(None if self.total is None else self.total - n)
-        self.engine.set_chunk_size(chunk, self.backend.default_max_in_flight(chunk))
+        return old
+
+    def end_probe(self) -> None:
+        """The run ended during the auto probe: its backend ran everything."""
+        assert self.probe is not None
+        _, why = self.probe.decide(self.engine)
+        self.probe = None
+        self.reason = f"{why} (ran on the probe's {self.backend.name} worker)"
+
+    def switch(self) -> None:
+        """Start the backend ``choose`` planned, once the previous one has stopped."""
+        self.running = [b for b in self.running if b is self.backend]
+        if self.probe is None:
+            self._replan(self.backend)
+        self._start(self.backend)
+
+    def _replan(self, backend: Backend) -> None:
+        total = None if self.total is None else max(0, self.total - self.engine.pulled)
+        plan = self._plan(backend, total)
+        plan.chunks.seed(self.engine.measured.wall / max(1, self.engine.measured.items))
+        self.engine.set_chunks(plan.chunks, plan.window)
+        self.engine.limit(None)
+
+    def abandon(self, task: Any) -> None:
+        for backend in self.running:
+            backend.abandon(task)
 
     # ------------------------------------------------------------ delivery
-    def deliver(self, segs: list[Segment], keep: bool) -> list[ItemResult[Any]] | None:
-        """Hand settled segments to the checkpoint and observers."""
-        if not (keep or self.store is not None or self.observers):
-            return None
+    def record_settled(self) -> None:
+        """Hand what finished since the last call to the checkpoint and the
+        observers, in the order it finished (whatever the delivery order)."""
+        segs = self.engine.take_settled()
+        if not segs:
+            return
         results = [r for s in segs for r in s.item_results()]
         if self.store is not None:
             fresh = [r for r in results if not r.restored]
@@ -177,69 +212,44 @@ class Run:
                 self.store.record(fresh)
         for obs in self.observers:
             obs.on_results(results)
+
+    def deliver(self, segs: list[Segment], keep: bool) -> None:
+        """Keep delivered results for the report, when one is wanted."""
         if keep:
-            self.delivered.extend(results)
-        return results
-
-    def results(self, segs: list[Segment]) -> list[ItemResult[Any]]:
-        """``deliver`` for a consumer that wants the ItemResults themselves."""
-        return self.deliver(segs, keep=False) or [r for s in segs for r in s.item_results()]
-
-    @contextlib.contextmanager
-    def guard(self) -> Iterator[None]:
-        """Around a synchronous consumer: Ctrl-C becomes ``BatchInterrupted``
-        carrying what finished; any other error closes the observers and the
-        checkpoint (committing what was recorded) before it propagates.
-
-        Raises:
-            BatchInterrupted: on KeyboardInterrupt.
-        """
-        try:
-            yield
-        except KeyboardInterrupt:
-            raise self.interrupted() from None
-        except BaseException:
-            self.close(None)
-            raise
-
-    @contextlib.contextmanager
-    def aguard(self) -> Iterator[None]:
-        """``guard`` around a coroutine consumer: on Ctrl-C or cancellation the
-        observers get the partial report; on any other error they are closed
-        (and the checkpoint committed) before it propagates."""
-        import asyncio  # loaded already: the consumer runs on a loop
-
-        try:
-            yield
-        except (KeyboardInterrupt, asyncio.CancelledError):
-            self.close(self.report(interrupted=True))
-            raise
-        except BaseException:
-            self.close(None)
-            raise
+            self.delivered.extend(r for s in segs for r in s.item_results())
 
     def check(self) -> None:
-        """Raise the run's error, if it has one (all_or_nothing, broken input)."""
+        """Raise the run's error now, if it has one (all_or_nothing, a broken backend)."""
         eng = self.engine
         error = eng.fatal or eng.failure
         if error is not None:
-            if eng.failure is error and hasattr(error, "add_note"):
-                notes = getattr(error, "__notes__", [])
-                note = "shoal: on_error='all_or_nothing' stopped the batch at this failure"
-                if note not in notes:
-                    error.add_note(note)
+            if eng.failure is error:
+                add_note(error, "shoal: on_error='all_or_nothing' stopped the batch at this "
+                                "failure")
             raise error
 
+    def check_source(self) -> None:
+        """Raise the input's error, once everything that finished is delivered."""
+        if self.engine.source_error is not None:
+            raise self.engine.source_error
+
+    # ---------------------------------------------------------------- ending
     def report(self, interrupted: bool = False) -> BatchReport[Any]:
         results = self.delivered
         if interrupted:
             results = results + [r for s in self.engine.undelivered() for r in s.item_results()]
             results.sort(key=lambda r: r.index)
-        return BatchReport(results, self.backend_name, self.reason, self._workers(),
-                           time.perf_counter() - self.started, interrupted)
+        return BatchReport(results, self.backend_name, self.reason, self.backend.workers,
+                           time.perf_counter() - self.started, interrupted,
+                           started_at=self.started_at, settings=self.settings)
 
     def close(self, report: BatchReport[Any] | None) -> None:
+        """Finish the observers and make the checkpoint durable; once."""
+        if self.closed:
+            return
+        self.closed = True
         try:
+            self.record_settled()
             for obs in self.observers:
                 obs.on_finish(report)
         finally:
@@ -247,133 +257,11 @@ class Run:
                 self.store.close()
 
     def interrupted(self) -> BatchInterrupted:
+        """Ctrl-C: the partial report, as the exception to raise."""
+        self.record_settled()
         report = self.report(interrupted=True)
         self.close(report)
         return BatchInterrupted(report)
-
-    # ------------------------------------------------------- consumer loop
-    def _begin(self) -> Backend:
-        """Choose the backend (probing if auto), start observers and workers."""
-        if self.backend is None:
-            self._probe()
-        backend = self.backend
-        assert backend is not None
-        self._start_observers()
-        self._start_backend(backend)
-        return backend
-
-    def _steps(self, backend: Backend, clear: Callable[[], None]) -> Iterator[_Step]:
-        """The consumer loop, written once for both consumers: it says what
-        to do next, and ``segments``/``asegments`` do it their own way.
-
-        ``clear`` resets the wake-up signal before each look at the engine,
-        so a result settled after the look still wakes the next wait.
-        """
-        engine = self.engine
-        inline = backend if isinstance(backend, InlineBackend) else None
-        while True:
-            clear()
-            segs = engine.take()
-            if segs:
-                yield _Deliver(segs)
-                continue
-            self.check()
-            if engine.finished():
-                return
-            if inline is not None:
-                yield _RunInline(inline)
-                continue
-            deadline = engine.next_deadline()
-            yield _Wait(None if deadline is None else max(0.0, deadline - engine.clock()))
-            if deadline is not None:
-                for task in engine.expire():
-                    backend.abandon(task)
-
-    def segments(self) -> Iterator[list[Segment]]:
-        """Settled segments as they become deliverable; blocks in between."""
-        engine = self.engine
-        wake = threading.Event()
-        engine.on_settled = wake.set
-        clean = False
-        try:
-            backend = self._begin()
-            for step in self._steps(backend, wake.clear):
-                if isinstance(step, _Deliver):
-                    yield step.segments
-                elif isinstance(step, _RunInline):
-                    step.backend.step(engine)
-                else:
-                    wake.wait(step.timeout)
-            clean = True
-        finally:
-            if not clean:
-                engine.stop()
-            if self.running is not None:  # even when Ctrl-C came while it started
-                self.running.shutdown(cancel=not clean)
-
-    async def asegments(self) -> AsyncGenerator[list[Segment], None]:
-        """``segments`` for a coroutine consumer; never blocks the loop."""
-        import asyncio
-
-        engine = self.engine
-        loop = asyncio.get_running_loop()
-        loop_thread = threading.get_ident()
-        wake = asyncio.Event()
-        pending = False
-
-        def set_from_loop() -> None:
-            nonlocal pending
-            pending = False
-            wake.set()
-
-        def on_settled() -> None:
-            nonlocal pending
-            if threading.get_ident() == loop_thread:
-                wake.set()
-            elif not pending:  # coalesce wake-ups from worker threads
-                pending = True
-                loop.call_soon_threadsafe(set_from_loop)
-
-        engine.on_settled = on_settled
-        clean = False
-        try:
-            backend = self._begin()
-            for step in self._steps(backend, wake.clear):
-                if isinstance(step, _Deliver):
-                    yield step.segments
-                elif isinstance(step, _RunInline):
-                    await step.backend.astep(engine)
-                else:
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(wake.wait(), step.timeout)
-            clean = True
-        finally:
-            if not clean:
-                engine.stop()
-            started = self.running  # even when cancelled while it started
-            if started is not None and started.runs_on_loop:
-                started.shutdown(cancel=not clean)
-                await started.aclose()  # type: ignore[attr-defined]
-            elif started is not None:
-                await asyncio.shield(loop.run_in_executor(None, started.shutdown, not clean))
-
-
-@dataclasses.dataclass(slots=True)
-class _Deliver:
-    segments: list[Segment]
-
-
-@dataclasses.dataclass(slots=True)
-class _RunInline:
-    backend: InlineBackend
-
-
-@dataclasses.dataclass(slots=True)
-class _Wait:
-    timeout: float | None  # None: until woken
-
-
-_Step = _Deliver | _RunInline | _Wait
 
 
 def _open_store(spec: Any, fn: Callable[[Any], Any]) -> ResultStore | None:

@@ -37,20 +37,23 @@ from shoal._core.errors import NotPicklable, RemoteError, RemoteTraceback
 PICKLE_PROTOCOL = 5
 
 
-def dumps(obj: Any, by_value: bool = False) -> bytes:
+def dumps(obj: Any, by_value: bool = False, *, other_main: bool = False) -> bytes:
     """Pickle ``obj`` with protocol 5: the C pickler, else cloudpickle.
 
-    ``by_value``: use cloudpickle at once (the other side has another
-    ``__main__``, so references by name to it would not resolve there).
+    ``by_value``: use cloudpickle at once. ``other_main``: the other side
+    runs another ``__main__`` (a Dask worker), so a plain pickle that refers
+    to ``__main__`` by name is redone by value (as Dask does).
 
     Raises:
         Exception: whatever cloudpickle raised for an object it cannot pickle.
     """
     if not by_value:
         try:
-            return pickle.dumps(obj, PICKLE_PROTOCOL)
+            blob = pickle.dumps(obj, PICKLE_PROTOCOL)
+            if not other_main or b"__main__" not in blob:
+                return blob
         except Exception:
-            pass
+            pass  # cloudpickle below can do more, or raises the error worth showing
     return cloudpickle.dumps(obj, PICKLE_PROTOCOL)  # type: ignore[no-any-return]
 
 

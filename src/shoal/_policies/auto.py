@@ -1,8 +1,11 @@
-"""``backend="auto"``: a pure decision from a probe of the first items.
+"""``backend="auto"``: pure decisions from a probe of the first items.
 
-The driver runs the first items inline and measures wall time and the CPU time
-of the thread that ran them; ``choose_backend`` turns that into a backend and
-a sentence saying why. The probe items are real: their results are kept.
+The probe runs the first item on a worker thread and measures its wall time
+and the CPU time of the thread; ``probe_further_in_a_process`` says whether
+the next items should be probed in a worker process (work that may go to
+processes is isolated like them), and ``choose_backend`` turns all that was
+measured into a backend and a sentence saying why. The probe items are real:
+their results are kept.
 """
 
 from __future__ import annotations
@@ -68,3 +71,14 @@ def choose_backend(
             f"CPU-bound: CPU time is {share:.0%} of wall time ({per_us:.0f} us/item), {cpus} CPUs"
         )
     return "sequential", f"CPU-bound on {cpus} CPU: no parallel speed-up possible"
+
+
+def probe_further_in_a_process(first: ProbeSample) -> bool:
+    """After the first item: is this work that processes may take?
+
+    Tiny items stay inline and work that mostly waits goes to threads, so
+    neither needs a process; CPU-bound work of some size may, and is then
+    probed in one, where a crash costs one item.
+    """
+    return (first.items > 0 and first.per_item >= TINY_ITEM_SECONDS
+            and first.cpu_share >= IO_BOUND_CPU_SHARE)

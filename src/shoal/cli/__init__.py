@@ -159,7 +159,7 @@ def _build_parser() -> _Parser:
 
 
 def _workloads() -> Sequence[str]:
-    from shoal._workbook import WORKLOADS
+    from shoal.demos.workbook import WORKLOADS
 
     return WORKLOADS
 
@@ -185,13 +185,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if args.input is not None:
             raise CliError("--input needs MODULE:FUNCTION (without one, 'shoal run' runs the "
                            "demo on its embedded sample)")
-        from shoal.demo import SAMPLE_LINES, word_stats
+        from shoal.demos.wordstats import SAMPLE_LINES, word_stats
 
         fn: Callable[[Any], Any] = word_stats
         source: Iterable[Any] = SAMPLE_LINES
         total, output = len(SAMPLE_LINES), args.output or DEMO_OUTPUT
         checkpoint = args.checkpoint or DEMO_CHECKPOINT
-        print(f"shoal demo: shoal.demo:word_stats over {total} embedded lines",
+        print(f"shoal demo: shoal.demos.wordstats:word_stats over {total} embedded lines",
               file=sys.stderr if output == "-" else sys.stdout)
     else:
         fn, _ = load_function(args.function)
@@ -262,7 +262,7 @@ def _stream_results(args: argparse.Namespace, fn: Callable[[Any], Any], source: 
 
 
 def _workbook_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    from shoal._workbook import DEFAULT_LATENCY
+    from shoal.demos.workbook import DEFAULT_LATENCY
 
     latency = DEFAULT_LATENCY if args.latency is None else args.latency
     return {"workload": args.workload, "latency": latency, "progress": args.progress}
@@ -275,24 +275,24 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         return _compare_backends(args)
     if n < 1:
         raise CliError(f"N must be a whole number >= 1, got {n}")
-    from shoal import _workbook
+    from shoal.demos import workbook
 
-    print(_workbook.compare(n, args.workers_pos or args.workers, **_workbook_kwargs(args))
+    print(workbook.compare(n, args.workers_pos or args.workers, **_workbook_kwargs(args))
           .render())
     return EXIT_OK
 
 
 def _cmd_parallel(args: argparse.Namespace) -> int:
-    from shoal import _workbook
+    from shoal.demos import workbook
 
-    print(_workbook.parallel(args.n, args.workers_pos, **_workbook_kwargs(args)).render())
+    print(workbook.parallel(args.n, args.workers_pos, **_workbook_kwargs(args)).render())
     return EXIT_OK
 
 
 def _cmd_benchmark(args: argparse.Namespace) -> int:
-    from shoal import _workbook
+    from shoal.demos import workbook
 
-    print(_workbook.benchmark(args.workload, scale=args.scale).render())
+    print(workbook.benchmark(args.workload, scale=args.scale).render())
     return EXIT_OK
 
 

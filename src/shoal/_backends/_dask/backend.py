@@ -61,7 +61,7 @@ from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
-from shoal._backends._base import Backend
+from shoal._backends._base import Backend, Traits
 from shoal._backends._dask.client import (
     Connection,
     cleanup,
@@ -72,6 +72,7 @@ from shoal._backends._dask.client import (
 )
 from shoal._backends._dask.worker import Pickled, Reply, dumps, run_part, unpack
 from shoal._core.calling import Outcome
+from shoal._core.engine import Wait, Work
 from shoal._core.errors import (
     BrokenBackend,
     InvalidOptionError,
@@ -126,7 +127,10 @@ class DaskBackend(Backend):
         NotPicklable: ``fn`` or the initializer cannot be pickled.
     """
 
-    name = "dask"
+    # Chunks are planned here (ChunkPlan: time-boxed probes, then cuts sized
+    # for the cluster's threads), so the engine's own policy stays at one.
+    traits = Traits("dask", default_workers=lambda: 2, isolates_crashes=True,
+                    recycles_workers=False)
 
     def __init__(self, fn: Callable[[Any], Any], options: Options, workers: int) -> None:
         super().__init__(fn, options, workers)
@@ -183,21 +187,13 @@ class DaskBackend(Backend):
         self._records: dict[int, _Record] = {}  # task seq -> record
         self._keys = itertools.count()
 
-    @classmethod
-    def default_workers(cls) -> int:
-        return 2  # workers of the LocalCluster started when no address is given
-
-    def auto_chunk_size(self, total: int | None) -> int:
-        self._total = total  # bounds the chunk once the cluster's size is known
-        return 1  # grown from measurements by ChunkPlan (see _connect)
-
     # ------------------------------------------------------------- consumer
     def start(self, engine: Engine) -> None:
         # Connecting (or starting a LocalCluster) takes a second or more: the
         # feeder does it, so an async consumer's event loop never blocks. A
         # failure reaches the consumer through engine.fail_run.
         self._engine = engine
-        engine.on_capacity = self._wake
+        self._total = None if engine.total is None else engine.total - engine.pulled
         self._feeder = threading.Thread(target=self._feed, name="shoal-dask-feeder", daemon=True)
         self._feeder.start()
 
@@ -213,7 +209,7 @@ class DaskBackend(Backend):
         if feeder is not None and feeder is not threading.current_thread():
             feeder.join()
 
-    def _wake(self, everyone: bool) -> None:
+    def wake(self, everyone: bool) -> None:
         self._inbox.put(("wake", None))
 
     # --------------------------------------------------------------- feeder
@@ -264,7 +260,7 @@ class DaskBackend(Backend):
         if limit is not None:
             chunk = max(1, min(chunk, limit // self.workers))
         self._chunk = chunk
-        self._engine.set_chunk_size(chunk, self.default_max_in_flight(chunk))
+        self._engine.set_chunk(chunk)
 
     def _room(self) -> bool:
         """A task may be submitted now; while chunks are probed, one per worker thread."""
@@ -286,15 +282,16 @@ class DaskBackend(Backend):
                     if chunk != self._chunk:
                         self._set_chunk(chunk)
                 got = engine.acquire()
-                if got is None:
-                    more = False
-                elif isinstance(got, float):
-                    timeout = None if math.isinf(got) else got
+                if isinstance(got, Wait):
+                    timeout = None if math.isinf(got.seconds) else got.seconds
                     break
-                else:
-                    self._pulled = max(self._pulled, got.stop)
-                    record = self._records[got.seq] = _Record(got, next=got.done)
-                    self._submit(record, got.done, len(got.items) - got.done)
+                if not isinstance(got, Work):
+                    more = False  # DONE
+                    continue
+                task = got.task
+                self._pulled = max(self._pulled, task.stop)
+                record = self._records[task.seq] = _Record(task, next=task.done)
+                self._submit(record, task.done, len(task.items) - task.done)
             if not more and (not (self._parts or self._pending) or engine.stopped):
                 return
             try:
@@ -397,7 +394,7 @@ class DaskBackend(Backend):
 
     def _received(self, part: _Part, reply: Reply) -> None:
         if reply.init_error is not None:
-            self._engine.fail_run(_restore(*reply.init_error))
+            self._engine.fail_run(reply.init_error)
             return
         ran = len(reply.values)
         if self._plan is not None:
@@ -407,9 +404,7 @@ class DaskBackend(Backend):
             for offset in range(part.offset + ran, part.offset + part.count, step):
                 count = min(step, part.offset + part.count - offset)
                 self._pending.append((part.record, offset, count))
-        errors = None if reply.errors is None else {
-            k: _restore(e, tb) for k, (e, tb) in reply.errors.items()}
-        self._report(part, Outcome(reply.values, errors, reply.duration, reply.worker))
+        self._report(part, Outcome(reply.values, reply.errors, reply.duration, reply.worker))
 
     def _failed(self, part: _Part, exc: BaseException) -> None:
         """A future erred by itself (``fn`` raising never gets here)."""

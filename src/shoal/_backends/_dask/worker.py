@@ -24,16 +24,15 @@ import marshal
 import pickle
 import threading
 import time
-import traceback
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, SupportsIndex
 
-import cloudpickle
-
+from shoal._core import wire
 from shoal._core.calling import run_chunk, sync_caller
 from shoal._core.errors import NotPicklable
+from shoal._core.wire import CarriedError, carried
 
 
 class Pickled:
@@ -64,29 +63,20 @@ class Reply:
     """
 
     values: list[Any]
-    errors: dict[int, tuple[BaseException, str]] | None
+    errors: dict[int, Any] | None  # CarriedError here; the exception itself once unpickled
     duration: float
     worker: str
-    init_error: tuple[BaseException, str] | None = None
+    init_error: Any = None  # the same, for an initializer that failed
     marshalled: bytes | None = None
 
 
 def dumps(obj: Any) -> bytes:
-    """Plain pickle (fast for data), else cloudpickle (lambdas, ``__main__``).
-
-    Plain pickle refers to ``__main__`` objects by name, which on a worker
-    names another module, so such a pickle is redone by value (as Dask does).
+    """The wire's pickle, for a worker whose ``__main__`` is not the driver's.
 
     Raises:
         Exception: whatever cloudpickle raises for an object it cannot pickle.
     """
-    try:
-        blob = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-        if b"__main__" not in blob:
-            return blob
-    except Exception:
-        pass  # cloudpickle below can do more, or raises the error worth showing
-    return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)  # type: ignore[no-any-return]
+    return wire.dumps(obj, other_main=True)
 
 
 #: fewer values than this are pickled with the rest of the reply
@@ -111,21 +101,6 @@ def _load_job(job: Pickled) -> tuple[Any, ...]:
             loaded[1](*loaded[2])  # the initializer; raising leaves the run uninitialized
             _initialized.add(job.token)
         return loaded
-
-
-def portable(exc: BaseException) -> tuple[BaseException, str]:
-    """The exception (or a ``NotPicklable`` copy) and its traceback text.
-
-    Tracebacks do not pickle, so the text travels beside the exception; one
-    that cannot make the round trip is replaced, keeping type and message.
-    """
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    try:
-        pickle.loads(dumps(exc))
-    except Exception as why:
-        exc = NotPicklable(f"{type(exc).__qualname__}: {exc} (cannot be pickled back from "
-                           f"the Dask worker: {why!r})")
-    return exc, tb
 
 
 def _pack(reply: Reply) -> Pickled:
@@ -156,7 +131,7 @@ def _pack(reply: Reply) -> Pickled:
             dumps(value)
         except Exception as why:
             reply.values[k] = None
-            errors[k] = portable(NotPicklable(
+            errors[k] = CarriedError(NotPicklable(
                 f"the value returned for this item cannot be pickled to send it back "
                 f"from the Dask worker: {why!r}"))
     reply.errors = errors or None
@@ -198,14 +173,12 @@ def run_part(job: Pickled, chunk: Pickled, budget: float | None = None) -> Pickl
     try:
         fn = _load_job(job)[0]
     except BaseException as exc:  # the initializer failed: the run must stop
-        return _pack(Reply([], None, 0.0, worker, portable(exc)))
+        return _pack(Reply([], None, 0.0, worker, CarriedError(exc)))
     items: Sequence[Any] = pickle.loads(chunk.blob)
     todo = items if budget is None else _until(items, time.perf_counter() + budget)
     try:
         outcome = run_chunk(sync_caller(fn), todo, worker)
     except BaseException as exc:  # SystemExit and the like: fail the chunk, keep the worker
-        return _pack(Reply([None] * len(items), dict.fromkeys(range(len(items)), portable(exc)),
-                           0.0, worker))
-    errors = None if outcome.errors is None else {
-        k: portable(e) for k, e in outcome.errors.items()}
-    return _pack(Reply(outcome.values, errors, outcome.duration, worker))
+        return _pack(Reply([None] * len(items),
+                           dict.fromkeys(range(len(items)), CarriedError(exc)), 0.0, worker))
+    return _pack(Reply(outcome.values, carried(outcome.errors), outcome.duration, worker))

@@ -69,16 +69,14 @@ from shoal._backends._processes.protocol import (
     OP_SPAWN,
     OP_SPAWN_FAILED,
     OP_SPAWNED,
-    PICKLE_PROTOCOL,
     READY,
     RECORD,
     RUN_BATCH,
     UNREADABLE,
     Claims,
     claim_pipe,
-    dumps,
     encode_batch,
-    portable_error,
+    encode_error,
     recv_exact,
     recv_frame,
     send_frame,
@@ -86,6 +84,7 @@ from shoal._backends._processes.protocol import (
 )
 from shoal._core.calling import run_chunk, sync_caller
 from shoal._core.errors import BrokenBackend, NotPicklable
+from shoal._core.wire import PICKLE_PROTOCOL
 
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 #: how long reaping may take once a pidfd has said the process exited
@@ -103,7 +102,7 @@ def _run_worker(sock: socket.socket, claim_fd: int, payload: bytes) -> None:
             init, initargs = pickle.loads(init_blob)
             init(*initargs)
     except Exception as exc:
-        send_frame(sock, FATAL, dumps(portable_error(exc)))
+        send_frame(sock, FATAL, encode_error(exc))
         return
     send_frame(sock, READY, b"")
     claims = Claims(claim_fd)
@@ -121,11 +120,13 @@ def _run_worker(sock: socket.socket, claim_fd: int, payload: bytes) -> None:
             continue
         if kind == RUN_BATCH:
             out = run_chunk(call, items, "")
-            send_frame(sock, BATCH_DONE, encode_batch(out.values, out.errors, out.duration))
+            send_frame(sock, BATCH_DONE, encode_batch(out.values, out.errors, out.duration,
+                                                      out.cpu))
             continue
         for item in items:
             out = run_chunk(call, (item,), "")
-            send_frame(sock, ITEM_DONE, encode_batch(out.values, out.errors, out.duration))
+            send_frame(sock, ITEM_DONE, encode_batch(out.values, out.errors, out.duration,
+                                                     out.cpu))
 
 
 def _fail_unreadable(sock: socket.socket, exc: Exception) -> None:
@@ -134,7 +135,7 @@ def _fail_unreadable(sock: socket.socket, exc: Exception) -> None:
     error = NotPicklable(
         f"the items could not be unpickled in the worker: {type(exc).__name__}: {exc}"
     )
-    send_frame(sock, UNREADABLE, dumps(portable_error(error)))
+    send_frame(sock, UNREADABLE, encode_error(error))
 
 
 def worker_main(sock: socket.socket, claim_fd: int, payload: bytes) -> NoReturn:

@@ -61,7 +61,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from shoal._backends._base import Backend, cpu_count
+from shoal._backends._base import Backend, Traits, cpu_count
 from shoal._backends._processes.child import ForkServerHandle, describe_exit, start_fork_server
 from shoal._backends._processes.protocol import (
     BATCH_DONE,
@@ -81,21 +81,18 @@ from shoal._backends._processes.protocol import (
     ControlReader,
     FrameReader,
     FrameWriter,
-    RemoteError,
-    all_failed,
-    frame_budget,
     load_error,
     load_result,
     pickle_items,
     put_ticket,
     take_ticket,
-    with_remote_traceback,
     worker_payload,
 )
 from shoal._core.calling import Outcome
-from shoal._core.errors import BackendUnavailable, BrokenBackend, WorkerCrashed
+from shoal._core.engine import Wait, Work
+from shoal._core.errors import BackendUnavailable, BrokenBackend, NotPicklable, WorkerCrashed
 from shoal._core.options import Options
-from shoal._policies.chunking import ChunkSizer
+from shoal._policies.chunking import ChunkParams
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -148,7 +145,13 @@ class _Worker:
 class ProcessBackend(Backend):
     """Child processes for CPU-bound work, isolated from each other's crashes."""
 
-    name = "processes"
+    traits = Traits(
+        "processes", default_workers=cpu_count, streams_items=True, isolates_crashes=True,
+        # A chunk costs a pickle each way and a socket write: ~20 ms of work
+        # makes that small; its pickle stays under a socket buffer's worth.
+        chunking=ChunkParams(target_seconds=0.02, min_seconds=0.002, growth=8.0,
+                             chunks_per_worker=4, max_items=1 << 16, max_bytes=1 << 17),
+    )
 
     def __init__(self, fn: Callable[[Any], Any], options: Options, workers: int) -> None:
         """Pickle ``fn`` (and the initializer) once, before anything runs.
@@ -164,19 +167,8 @@ class ProcessBackend(Backend):
                 'backend="processes" needs a POSIX system (os.fork); use backend="threads"'
             )
         self._payload = worker_payload(fn, options.initializer, options.initargs)
-        self._sizer = ChunkSizer(workers, None) if options.chunk_size == "auto" else None
         self._server: ForkServerHandle | None = None
         self._hub_thread: threading.Thread | None = None
-
-    @classmethod
-    def default_workers(cls) -> int:
-        return cpu_count()
-
-    def auto_chunk_size(self, total: int | None) -> int:
-        if self._sizer is None:
-            return 1
-        self._sizer.total = total
-        return self._sizer.size
 
     # ------------------------------------------------------------ lifecycle
     def start(self, engine: Engine) -> None:
@@ -202,9 +194,6 @@ class ProcessBackend(Backend):
         # sockets, the selector, suspects and the control read buffer.
         self._workers: dict[int, _Worker] = {}
         self._tokens = itertools.count(1)
-        self._suspects: set[int] = set()  # first index of chunks to re-run in stream mode
-        self._first = -1  # first input index handed to this backend (the probe ran those before)
-        self._pulled = 0  # one past the highest input index handed out
         self._in_bytes = 0.0  # pickled bytes per item sent, of the last chunk
         self._out_bytes = 0.0  # pickled bytes per result, of the last chunk
         self._startup_deaths = 0
@@ -217,17 +206,22 @@ class ProcessBackend(Backend):
         # _control_lock guards writes to the control socket (hub: spawn, kill;
         # shutdown: quit). Only the hub reads it.
         self._control_lock = threading.Lock()
-        engine.on_capacity = self._wake
         for _ in range(self.workers):
             self._spawn()
         self._hub_thread = threading.Thread(target=self._hub, name="shoal-processes", daemon=True)
         self._hub_thread.start()
 
+    def resize(self, workers: int) -> None:
+        for _ in range(workers - len(self._workers)):
+            self._spawn()
+        self.workers = workers
+        self.wake(False)
+
     def abandon(self, task: Task) -> None:
         """``task`` timed out: SIGKILL its worker and start a replacement."""
         with self._inbox_lock:
             self._inbox.append(task)
-        self._wake()
+        self.wake()
 
     def shutdown(self, cancel: bool) -> None:
         """Stop the pool and reap every process it started.
@@ -244,7 +238,7 @@ class ProcessBackend(Backend):
             self._closing = "cancel" if cancel else "graceful"
         if cancel:
             self._send_control(OP_QUIT, 1)  # the fork server SIGKILLs and reaps the workers
-        self._wake()
+        self.wake()
         limit = CANCEL_EXIT_SECONDS if cancel else GRACEFUL_EXIT_SECONDS
         self._hub_thread.join(limit)
         if not server.wait(limit):
@@ -257,8 +251,8 @@ class ProcessBackend(Backend):
             self._wake_w.close()
 
     # ---------------------------------------------------------------- hub
-    def _wake(self, everyone: bool = False) -> None:
-        # engine.on_capacity. One hub serves every worker: ``everyone`` changes nothing.
+    def wake(self, everyone: bool = False) -> None:
+        # One hub serves every worker: ``everyone`` changes nothing.
         if threading.get_ident() == self._hub_ident:
             return  # the hub dispatches again after every event anyway
         try:
@@ -308,16 +302,13 @@ class ProcessBackend(Backend):
             if worker is None:
                 return None
             got = engine.acquire()
-            if got is None:
-                return None
-            if isinstance(got, float):
+            if isinstance(got, Wait):
                 if not worker.sends and self._steal():
                     continue  # the stolen chunk is the engine's again: hand it out
-                return None if math.isinf(got) else got
-            if self._first < 0:
-                self._first = got.start
-            self._pulled = max(self._pulled, got.stop)
-            self._send(worker, got)
+                return None if math.isinf(got.seconds) else got.seconds
+            if not isinstance(got, Work):
+                return None  # DONE
+            self._send(worker, got.task)
 
     def _free_worker(self) -> _Worker | None:
         best: _Worker | None = None
@@ -350,9 +341,7 @@ class ProcessBackend(Backend):
             w.sends.remove(sent)
             if w.quota is not None:
                 w.quota += sent.count
-            if sent.stream and not self._stream_all:
-                self._suspects.add(sent.task.start + sent.task.done)  # still a suspect
-            self._engine.release(sent.task)
+            self._engine.release(sent.task)  # an isolated task stays isolated
             return True
         return False
 
@@ -371,10 +360,7 @@ class ProcessBackend(Backend):
                 assert error is not None
                 self._engine.complete(task, Outcome([None], {0: error}, 0.0, "driver"))
                 continue  # the item fails alone; try the rest
-            stream = self._stream_all
-            if start == 0 and task.start in self._suspects:
-                self._suspects.discard(task.start)
-                stream = True
+            stream = self._stream_all or task.isolated
             self._in_bytes = len(body) / sendable
             w.tickets += 1
             put_ticket(w.claim_w, w.tickets)  # before the chunk: the worker looks for it then
@@ -411,58 +397,67 @@ class ProcessBackend(Backend):
 
     def _handle(self, w: _Worker, frames: list[tuple[int, bytearray]]) -> None:
         # ITEM_DONE frames of one chunk that arrived together are reported at once.
-        values: list[Any] = []
-        errors: dict[int, RemoteError] = {}
-        seconds = 0.0
+        part = _Part()
         for kind, body in frames:
             if kind == ITEM_DONE:
-                v, e, s = load_result(body, 1)
-                if e:
-                    errors[len(values)] = e[0]
-                values.extend(v)
-                seconds += s
-                if len(values) == w.sends[0].count:
-                    self._report(w, values, errors, seconds)
-                    values, errors, seconds = [], {}, 0.0
+                try:
+                    v, e, s, c = load_result(body)
+                except Exception as exc:
+                    part = self._report(w, part)
+                    self._lost(w, _undecodable(exc), exact=True)
+                    continue
+                part.add(v, e, s, c)
+                if len(part.values) == w.sends[0].count:
+                    part = self._report(w, part)
                 continue
-            if values:
-                self._report(w, values, errors, seconds)
-                values, errors, seconds = [], {}, 0.0
+            part = self._report(w, part)
             if kind == BATCH_DONE:
-                self._out_bytes = len(body) / w.sends[0].count
-                v, e, s = load_result(body, w.sends[0].count)
-                self._report(w, v, e or {}, s)
+                count = w.sends[0].count
+                self._out_bytes = len(body) / count
+                try:
+                    v, e, s, c = load_result(body)
+                except Exception as exc:  # one value did not unpickle: find it item by item
+                    self._lost(w, _undecodable(exc), exact=count == 1)
+                    continue
+                part.add(v, e, s, c)
+                part = self._report(w, part)
             elif kind == READY:
                 w.ready = True
                 self._startup_deaths = 0
-            elif kind == UNREADABLE:
-                self._report(w, *all_failed(load_error(body), w.sends[0].count), 0.0)
+            elif kind == UNREADABLE:  # the worker could not unpickle the chunk
+                self._lost(w, load_error(body), exact=w.sends[0].count == 1)
             elif kind == FATAL:
                 w.state = "retiring"  # it exits now; every worker would fail the same way
                 self._engine.fail_run(load_error(body))
             else:
                 raise RuntimeError(f"unexpected frame kind {kind} from worker pid {w.pid}")
-        if values:
-            self._report(w, values, errors, seconds)
+        self._report(w, part)
 
-    def _report(self, w: _Worker, values: list[Any], remote: dict[int, RemoteError],
-                seconds: float) -> None:
-        """Report the next ``len(values)`` items of ``w``'s running chunk."""
+    def _report(self, w: _Worker, part: _Part) -> _Part:
+        """Report the items of ``part`` (the next ones of ``w``'s running
+        chunk); return an empty part to gather the next."""
+        if not part.values:
+            return part
         sent = w.sends[0]
-        errors: dict[int, BaseException] | None = None
-        if remote:
-            errors = {k: with_remote_traceback(r) for k, r in remote.items()}
-        self._engine.complete(sent.task, Outcome(values, errors, seconds, w.label))
-        sent.count -= len(values)
-        sizer = self._sizer
-        if sizer is not None and sizer.observe(len(values), seconds, self._pulled - self._first,
-                                               max(self._in_bytes, self._out_bytes)):
-            self._engine.set_chunk_size(sizer.size, self.default_max_in_flight(sizer.size))
-        if sent.count > 0:
-            return
-        w.sends.popleft()
-        if sent.release_rest:
-            self._engine.release(sent.task)
+        self._engine.complete(sent.task, Outcome(
+            part.values, part.errors or None, part.seconds, w.label, cpu=part.cpu,
+            item_bytes=max(self._in_bytes, self._out_bytes)))
+        sent.count -= len(part.values)
+        if sent.count <= 0:
+            w.sends.popleft()
+            if sent.release_rest:
+                self._engine.release(sent.task)
+            self._retire_if_spent(w)
+        return _Part()
+
+    def _lost(self, w: _Worker, error: BaseException, exact: bool) -> None:
+        """The report of ``w``'s running chunk cannot be read: the engine's
+        crash-isolation rule decides what runs again."""
+        sent = w.sends.popleft()
+        self._engine.lost(sent.task, error, exact=exact or sent.stream)
+        self._retire_if_spent(w)
+
+    def _retire_if_spent(self, w: _Worker) -> None:
         if w.quota is not None and w.quota <= 0 and not w.sends:
             w.state = "retiring"  # max_items_per_worker: closing its socket ends it
             self._detach(w)
@@ -513,8 +508,6 @@ class ProcessBackend(Backend):
             sock = socket.socket(fileno=fds[0])
             sock.setblocking(False)
             w = _Worker(b, sock, (fds[1], fds[2]), self.options.max_items_per_worker)
-            if self._sizer is not None:
-                self._sizer.max_frame_bytes = frame_budget(sock)
             self._workers[b] = w
             self._sel.register(sock, selectors.EVENT_READ, w)
         elif op == OP_SPAWN_FAILED:
@@ -554,13 +547,10 @@ class ProcessBackend(Backend):
         if sends:
             running = sends[0]
             task = running.task
-            if running.stream or running.count == 1:
-                index = task.start + task.done
-                error = WorkerCrashed(f"worker pid {w.pid} {how} while running item {index}", code)
-                engine.complete(task, Outcome([None], {0: error}, 0.0, w.label))
-            else:
-                self._suspects.add(task.start + task.done)  # re-run it item by item
-            for sent in sends:
+            index = task.start + task.done
+            error = WorkerCrashed(f"worker pid {w.pid} {how} while running item {index}", code)
+            engine.lost(task, error, exact=running.stream or running.count == 1)
+            for sent in sends[1:]:
                 engine.release(sent.task)
         self._spawn()
 
@@ -586,3 +576,29 @@ class ProcessBackend(Backend):
         assert self._server is not None
         with self._control_lock:
             self._server.control.close()
+
+
+def _undecodable(exc: BaseException) -> NotPicklable:
+    return NotPicklable(
+        f"a result could not be unpickled in the driver: {type(exc).__name__}: {exc}")
+
+
+class _Part:
+    """Results of consecutive items of one chunk, gathered from its frames."""
+
+    __slots__ = ("cpu", "errors", "seconds", "values")
+
+    def __init__(self) -> None:
+        self.values: list[Any] = []
+        self.errors: dict[int, BaseException] = {}
+        self.seconds = 0.0
+        self.cpu: float | None = 0.0
+
+    def add(self, values: list[Any], errors: dict[int, BaseException] | None, seconds: float,
+            cpu: float | None) -> None:
+        if errors:
+            offset = len(self.values)
+            self.errors.update({offset + k: e for k, e in errors.items()})
+        self.values.extend(values)
+        self.seconds += seconds
+        self.cpu = None if cpu is None or self.cpu is None else self.cpu + cpu

@@ -31,16 +31,22 @@ import os
 import pickle
 import socket
 import struct
-import traceback
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
 import cloudpickle
 
-from shoal._core.errors import NotPicklable, RemoteTraceback
-
-PICKLE_PROTOCOL = 5
+from shoal._core.errors import NotPicklable
+from shoal._core.wire import (
+    PICKLE_PROTOCOL,
+    CarriedError,
+    carried,
+    describe_pickling_error,
+    dumps,
+    loads,
+    unpicklable,
+)
 
 RECORD = struct.Struct("!iqq")
 # driver -> fork server
@@ -71,69 +77,32 @@ _READS_PER_CALL = 32
 
 TICKET = struct.Struct("=Q")  # 8 bytes: under PIPE_BUF, so written and read whole
 
-RemoteError = tuple[BaseException, str]
 
 
 # --------------------------------------------------------------- serialization
-def dumps(obj: Any, by_value: bool = False) -> bytes:
-    """Pickle ``obj`` with protocol 5.
-
-    The C pickler first (fastest), cloudpickle when that fails: lambdas,
-    closures and classes defined in ``__main__`` are pickled by value.
-    ``by_value``: use cloudpickle at once (the other side has another ``__main__``).
-
-    Raises:
-        Exception: whatever cloudpickle raised for an object it cannot pickle.
-    """
-    if not by_value:
-        try:
-            return pickle.dumps(obj, PICKLE_PROTOCOL)
-        except Exception:
-            pass
-    return cloudpickle.dumps(obj, PICKLE_PROTOCOL)  # type: ignore[no-any-return]
-
-
-def describe_pickling_error(what: str, obj: Any, exc: BaseException) -> str:
-    kind = type(obj).__qualname__
-    return f"{what} (a {kind}) cannot be pickled: {type(exc).__name__}: {exc}"
-
-
-def portable_error(exc: BaseException) -> RemoteError:
-    """The exception and its formatted traceback, made safe to pickle.
-
-    An exception that does not survive a pickle round trip is replaced by a
-    ``RuntimeError`` carrying its repr, so that the item still fails with a
-    readable message and the batch goes on.
-    """
-    text = "".join(traceback.format_exception(exc))
-    try:
-        pickle.loads(dumps(exc))
-    except Exception as why:
-        exc = RuntimeError(
-            f"{type(exc).__qualname__}: {exc!r} (the exception could not be pickled to "
-            f"cross to the driver: {type(why).__name__}: {why})"
-        )
-    return exc, text
+# Pickling, carried errors and the culprit search are the one wire format's
+# (shoal._core.wire); what is here is only what this backend's frames hold.
 
 
 def encode_batch(values: list[Any], errors: dict[int, BaseException] | None,
-                 seconds: float) -> bytes:
-    """The BATCH_DONE body; a result that cannot be pickled fails its item alone."""
-    remote = None if errors is None else {k: portable_error(e) for k, e in errors.items()}
+                 seconds: float, cpu: float | None) -> bytes:
+    """A BATCH_DONE / ITEM_DONE body (values, carried errors, wall and CPU
+    seconds); a result that cannot be pickled fails its item alone."""
+    errs = carried(errors)
     try:
-        return dumps((values, remote, seconds))
+        return dumps((values, errs, seconds, cpu))
     except Exception:
         pass
-    remote = remote or {}
-    for k, value in enumerate(values):
-        try:
-            dumps(value)
-        except Exception as exc:
-            values[k] = None
-            remote[k] = portable_error(
-                NotPicklable(describe_pickling_error("the result", value, exc))
-            )
-    return dumps((values, remote, seconds))
+    errs = errs or {}
+    for k, error in unpicklable(values, "the result").items():
+        values[k] = None
+        errs[k] = CarriedError(error)
+    return dumps((values, errs, seconds, cpu))
+
+
+def encode_error(exc: BaseException) -> bytes:
+    """A FATAL / UNREADABLE body: the worker's exception, carried."""
+    return dumps(CarriedError(exc))
 
 
 def pickle_for_workers(what: str, obj: object) -> bytes:
@@ -187,42 +156,30 @@ def pickle_items(items: Sequence[Any], first_index: int,
     return 1, dumps(items[:1], by_value), None  # each pickles alone: send them one by one
 
 
-def load_result(body: bytearray, count: int) -> tuple[list[Any], dict[int, RemoteError] | None,
-                                                      float]:
-    """A BATCH_DONE / ITEM_DONE body; one that will not unpickle fails its ``count`` items."""
-    try:
-        values, remote, seconds = pickle.loads(body)
-        return values, remote, seconds
-    except Exception as exc:
-        error = NotPicklable(
-            f"a result could not be unpickled in the driver: {type(exc).__name__}: {exc}"
-        )
-        return (*all_failed(error, count), 0.0)
+def load_result(
+    body: bytearray,
+) -> tuple[list[Any], dict[int, BaseException] | None, float, float | None]:
+    """A BATCH_DONE / ITEM_DONE body: values, failed positions' exceptions,
+    wall and CPU seconds.
 
-
-def all_failed(error: BaseException, count: int) -> tuple[list[Any], dict[int, RemoteError]]:
-    """Values and errors of ``count`` items that all failed with ``error``."""
-    return [None] * count, dict.fromkeys(range(count), (error, ""))
-
-
-def with_remote_traceback(error: RemoteError) -> BaseException:
-    """The exception, with the worker-side traceback as its ``__cause__``."""
-    exc, text = error
-    if text:
-        exc.__cause__ = RemoteTraceback(text)
-    return exc
+    Raises:
+        Exception: the body does not unpickle here (a value's class the driver
+            cannot import); the engine re-runs the items to find which.
+    """
+    values, errors, seconds, cpu = loads(body)
+    return values, errors, seconds, cpu
 
 
 def load_error(body: bytearray) -> BaseException:
-    """A FATAL / UNREADABLE body: the worker's exception with its traceback."""
+    """A FATAL / UNREADABLE body: the worker's exception with its traceback as cause."""
     try:
-        error: RemoteError = pickle.loads(body)
+        error: BaseException = loads(body)
     except Exception as exc:
-        return RuntimeError(
+        return NotPicklable(
             f"a worker failed, and its exception could not be unpickled in the driver: "
             f"{type(exc).__name__}: {exc}"
         )
-    return with_remote_traceback(error)
+    return error
 
 
 # ---------------------------------------------------------------- claim pipe

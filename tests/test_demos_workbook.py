@@ -1,15 +1,13 @@
-"""The parallel-batch workbook (shoal._workbook): graphs, workloads, reports, benchmark."""
+"""The workbook demo (shoal.demos.workbook): graphs, workloads, reports, benchmark."""
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any
 
 import pytest
 
-from shoal import InvalidOptionError
-from shoal._sinks.progress import ProgressEvent
-from shoal._workbook import (
+from shoal import InvalidOptionError, ProgressEvent
+from shoal.demos.workbook import (
     WORKLOADS,
     Config,
     ModeRun,
@@ -27,7 +25,6 @@ from shoal._workbook import (
 )
 from shoal.graph import BaseNode
 
-HAS_PROCESSES = importlib.util.find_spec("shoal._backends._processes.pool") is not None
 SECTIONS = ("Data Summary:", "Performance Results:", "Throughput:", "Correctness:",
             "Conclusion:")
 
@@ -43,10 +40,10 @@ def node_names(start: BaseNode) -> list[str]:
 
 def test_graph_shapes_follow_the_seed() -> None:
     cfg = Config(10, "io", 2, 0.0, "threads")
-    assert node_names(compare_graph(cfg).start) == [
+    assert node_names(compare_graph(cfg).start_node) == [
         "LoadDataNode", "SplitBatchNode", "SequentialProcessNode", "ParallelProcessNode",
         "AggregateNode", "ReportNode"]
-    assert node_names(parallel_graph(cfg).start) == [
+    assert node_names(parallel_graph(cfg).start_node) == [
         "LoadDataNode", "SplitBatchNode", "ParallelProcessNode", "ReportNode"]
 
 
@@ -77,7 +74,7 @@ def test_defaults_follow_the_rules_of_thumb() -> None:
     assert default_workers("io") >= 8
     assert default_workers("numeric") == default_workers("text") >= 1
     assert parallel_backend("io") == "threads"
-    assert parallel_backend("numeric") == ("processes" if HAS_PROCESSES else "threads")
+    assert parallel_backend("numeric") == "processes" and parallel_backend("io") == "threads"
     assert batch_size_for(200, 8, "io") == 25  # the seed's example: 8 batches of 25
     assert batch_size_for(100, 2, "numeric") == 13
 

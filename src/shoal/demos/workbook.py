@@ -12,16 +12,16 @@ the error counts in the report mean something):
 * ``text``: word counts, unique words and character classes of a document;
 * ``numeric``: prime factors of an 8-digit number and the primes just above it.
 
-CPU-bound workloads run their parallel path on processes when that backend is
-installed, else on threads. Each batch from ``SplitBatch`` is one engine task
+CPU-bound workloads run their parallel path on processes, I/O-bound ones on
+threads. Each batch from ``SplitBatch`` is one engine task
 (``chunk_size``), so the batch size is a real tuning knob, measured by
 ``benchmark``.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import math
+import os
 import random
 import time
 from collections import Counter
@@ -30,8 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import shoal
-from shoal._backends._base import cpu_count
-from shoal._core.errors import InvalidOptionError
+from shoal import InvalidOptionError
 from shoal.graph import BatchNode, Graph, MetricsNode, Node, ParallelBatchNode
 
 __all__ = ["WORKLOADS", "BenchmarkResult", "ModeRun", "WorkbookResult", "benchmark", "compare",
@@ -60,6 +59,12 @@ def _check(workload: str, n: int = 1, workers: int | None = None, latency: float
         raise InvalidOptionError(f"latency must be >= 0 seconds, got {latency!r}")
 
 
+def cpu_count() -> int:
+    """CPUs this process may use (its affinity mask where the OS has one)."""
+    sched_getaffinity = getattr(os, "sched_getaffinity", None)
+    return len(sched_getaffinity(0)) if sched_getaffinity else os.cpu_count() or 1
+
+
 def default_workers(workload: str) -> int:
     """I/O-bound: 4 workers per core (at least 8, at most 32); CPU-bound: one per core."""
     cpus = cpu_count()
@@ -67,10 +72,8 @@ def default_workers(workload: str) -> int:
 
 
 def parallel_backend(workload: str) -> str:
-    """Threads for I/O; processes for CPU-bound work when that backend is installed."""
-    if workload != "io" and importlib.util.find_spec("shoal._backends._processes.pool") is not None:
-        return "processes"
-    return "threads"
+    """Threads for I/O-bound work, processes for CPU-bound work."""
+    return "threads" if workload == "io" else "processes"
 
 
 def batch_size_for(n: int, workers: int, workload: str) -> int:
@@ -293,21 +296,24 @@ class ReportNode(Node):
 
 def compare_graph(cfg: Config) -> Graph:
     """LoadData >> SplitBatch >> SequentialProcess >> ParallelProcess >> Aggregate >> Report."""
-    load = LoadDataNode()
-    load >> SplitBatchNode() >> SequentialProcessNode() >> _parallel_node(cfg) \
-        >> AggregateNode() >> ReportNode()
-    return Graph(start=load)
+    graph = Graph()
+    graph.start(LoadDataNode(node_id="load")) >> SplitBatchNode(node_id="split") \
+        >> SequentialProcessNode(node_id="sequential") >> _parallel_node(cfg) \
+        >> AggregateNode(node_id="aggregate") >> ReportNode(node_id="report")
+    return graph
 
 
 def parallel_graph(cfg: Config) -> Graph:
     """LoadData >> SplitBatch >> ParallelProcess >> Report."""
-    load = LoadDataNode()
-    load >> SplitBatchNode() >> _parallel_node(cfg) >> ReportNode()
-    return Graph(start=load)
+    graph = Graph()
+    graph.start(LoadDataNode(node_id="load")) >> SplitBatchNode(node_id="split") \
+        >> _parallel_node(cfg) >> ReportNode(node_id="report")
+    return graph
 
 
 def _parallel_node(cfg: Config) -> ParallelProcessNode:
-    return ParallelProcessNode(max_workers=cfg.workers, backend=cfg.backend, progress=cfg.progress)
+    return ParallelProcessNode(max_workers=cfg.workers, backend=cfg.backend,
+                               progress=cfg.progress, node_id="parallel")
 
 
 # --- results and reports --------------------------------------------------------------
