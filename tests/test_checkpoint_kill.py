@@ -9,9 +9,8 @@ so the test knows what ran in which run. After each resume:
   holds exactly one record per item;
 * no item committed before a kill runs again;
 * no item that *finished* before a kill (more than ``GRACE`` seconds before
-  it, the commit interval and some slack) runs again. That needs the engine
-  to record items as they finish, not as they are delivered in order: it
-  fails today where a slow item holds finished ones back (marked xfail).
+  it, the commit interval and some slack) runs again, even when a slow item
+  holds it back from ordered delivery: the engine records items as they finish.
 """
 
 from __future__ import annotations
@@ -33,7 +32,6 @@ import pytest
 
 N = 80
 GRACE = 1.0  # commit_interval (0.5 s) + delivery and commit slack
-ENGINE_XFAIL = pytest.mark.xfail(strict=True, reason="engine: record on finish (issue 12)")
 
 JOBS = '''
 import asyncio, os, time
@@ -268,12 +266,7 @@ def test_kill_at_random_moments_then_resume(tmp_path: Path, backend: str) -> Non
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("backend", [
-    "sequential",
-    pytest.param("threads", marks=ENGINE_XFAIL),
-    pytest.param("asyncio", marks=ENGINE_XFAIL),
-    pytest.param("processes", marks=ENGINE_XFAIL),
-])
+@pytest.mark.parametrize("backend", list(BACKENDS))
 def test_no_item_finished_before_a_kill_runs_again(tmp_path: Path, backend: str) -> None:
     _no_finished_item_runs_again(Job(tmp_path / "job", backend, "stall", None))
 
@@ -287,7 +280,6 @@ def test_kill_at_random_moments_then_resume_on_dask(tmp_path: Path, dask_cluster
     _kill_and_resume_at_random_moments(job, "kill-dask", rounds=1)
 
 
-@ENGINE_XFAIL
 @pytest.mark.timeout(120)
 def test_no_item_finished_before_a_kill_runs_again_on_dask(
         tmp_path: Path, dask_cluster: Any) -> None:

@@ -12,6 +12,8 @@ import os
 import pickle
 import sqlite3
 import stat
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -113,6 +115,55 @@ def test_planted_pickle_is_refused_without_running(tmp_path: Path, tag: bytes | 
     # Through the engine: the run stops with the same error, and nothing ran.
     with pytest.raises(CheckpointUntrusted, match="row 3"):
         shoal.run(_double, range(5), checkpoint=path, backend="sequential")
+    assert not marker.exists()
+
+
+RESUME = """
+import sys
+import shoal
+
+def job(x):
+    return (x, "pickled")
+
+async def ajob(x):
+    return (x, "pickled")
+
+path, backend, address = sys.argv[1], sys.argv[2], sys.argv[3] or None
+options = {"address": address} if address else {}
+try:
+    shoal.run(ajob if backend == "asyncio" else job, range(20), checkpoint=path,
+              backend=backend, **options)
+    print("ran")
+except shoal.CheckpointUntrusted as exc:
+    print("refused", exc.index)
+"""
+ENGINE_RESTORE_XFAIL = pytest.mark.xfail(
+    strict=True, reason="engine: an error from store.restore() must end the run with that "
+    "error (threads: the worker thread dies and the run hangs; processes: BrokenBackend)")
+
+
+@pytest.mark.parametrize("backend", [
+    "sequential", pytest.param("threads", marks=ENGINE_RESTORE_XFAIL), "asyncio",
+    pytest.param("processes", marks=ENGINE_RESTORE_XFAIL), "dask"])
+def test_every_backend_stops_at_a_refused_row(tmp_path: Path, backend: str,
+                                              request: pytest.FixtureRequest) -> None:
+    address = ""
+    if backend == "dask":
+        address = request.getfixturevalue("dask_cluster").scheduler_address
+    path, marker = tmp_path / "run.db", tmp_path / "pwned"
+
+    def resume() -> str:
+        done = subprocess.run([sys.executable, "-c", RESUME, str(path), backend, address],
+                              capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    assert resume() == "ran"
+    _plant(path, 7, pickle.dumps(Evil(marker)), None)
+    try:
+        assert resume() == "refused 7"
+    except subprocess.TimeoutExpired:
+        pytest.fail("the run hung on the refused row")
     assert not marker.exists()
 
 
