@@ -426,6 +426,9 @@ def test_option_errors_name_the_flag_never_the_python_option(
     ("shoal: on_error='all_or_nothing' stopped the batch; timeout=None",
      "shoal: --on-error all_or_nothing stopped the batch; no --timeout"),
     ("a rate limit of 5 items per second", "a rate limit of 5 items per second"),
+    ('backend="processes" needs a POSIX system (os.fork); use backend="threads"',
+     "--backend processes needs a POSIX system (os.fork); use --backend threads"),
+    ("checkpoint run.db was made by jobs:double", "checkpoint run.db was made by jobs:double"),
 ])
 def test_library_messages_are_reworded_for_the_command_line(library: str, cli: str) -> None:
     assert cli_wording(library) == cli

@@ -50,7 +50,7 @@ from typing import Any
 
 import shoal
 from shoal._core.calling import is_async_callable
-from shoal._core.errors import BatchInterrupted, InvalidOptionError, ShoalError
+from shoal._core.errors import BatchInterrupted, ShoalError
 from shoal._core.options import BACKENDS, ON_ERROR_CHOICES
 from shoal.cli.io import (
     FORMATS,
@@ -362,7 +362,7 @@ def _workload_args(p: argparse.ArgumentParser, scope: str) -> None:
 
 
 # Library option names as the command line spells them, for messages that
-# come from the library (InvalidOptionError) rather than from argparse.
+# come from the library (a ShoalError) rather than from argparse.
 _FLAG_OF = {"workers": "--workers", "retries": "--retries", "timeout": "--timeout",
             "rate": "--rate", "chunk_size": "--chunk-size", "on_error": "--on-error",
             "backend": "--backend"}
@@ -638,9 +638,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"shoal: error: {exc}", file=sys.stderr)
         return exc.code
     except ShoalError as exc:  # bad option values, checkpoint mismatch, missing extra
-        text = display_names(" ".join(str(exc).split()))
-        if isinstance(exc, InvalidOptionError):
-            text = cli_wording(text)
+        text = cli_wording(display_names(" ".join(str(exc).split())))
         print(f"shoal: error: {text}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
