@@ -39,6 +39,7 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import CodeType, TracebackType
 from typing import Any, TypedDict
@@ -48,7 +49,8 @@ import cloudpickle
 from shoal._core.errors import CheckpointMismatch, InvalidOptionError, NotPicklable, RemoteTraceback
 from shoal._core.results import ItemResult
 
-__all__ = ["CheckpointStore", "CheckpointSummary", "open_checkpoint", "summarize"]
+__all__ = ["CheckpointStore", "CheckpointSummary", "StoredFailure", "open_checkpoint",
+           "stored_failures", "summarize"]
 
 _FORMAT = "shoal-checkpoint"
 _SCHEMA_VERSION = "1"
@@ -271,6 +273,35 @@ def summarize(path: str | os.PathLike[str]) -> CheckpointSummary:
         if meta is None:
             raise CheckpointMismatch(f"{p} is not a shoal checkpoint (an empty database)")
         return _summary(p, meta, conn)
+    finally:
+        conn.close()
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFailure:
+    """A failed item as a checkpoint holds it (the item itself is not stored)."""
+
+    index: int  # the item's position in the input
+    error_type: str
+    message: str
+    attempts: int
+
+
+def stored_failures(path: str | os.PathLike[str]) -> list[StoredFailure]:
+    """The failed items of a checkpoint, in input order, without modifying it
+    (for ``shoal report --failures``).
+
+    Raises:
+        InvalidOptionError: ``path`` is a directory or does not exist.
+        CheckpointMismatch: the file is not a shoal checkpoint.
+    """
+    p, conn = _connect(path, readonly=True)
+    try:
+        if _read_meta(p, conn) is None:
+            raise CheckpointMismatch(f"{p} is not a shoal checkpoint (an empty database)")
+        rows = conn.execute("SELECT idx, error_type, error_message, attempts FROM results "
+                            "WHERE ok = 0 ORDER BY idx")
+        return [StoredFailure(int(i), str(t), str(m), int(a)) for i, t, m, a in rows]
     finally:
         conn.close()
 
