@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from shoal._core.results import BatchReport, percentile
-from shoal._report.collect import collect
+from shoal._report.rundata import collect
 
 __all__ = ["render_html", "repr_html", "write_html"]
 

@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from shoal._core.errors import BackendUnavailable
-from shoal._report.collect import FAILED, OK, RETRIED_OK, RunData
+from shoal._report.rundata import FAILED, OK, RETRIED_OK, RunData
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

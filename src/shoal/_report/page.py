@@ -24,7 +24,7 @@ import numpy as np
 from shoal._core.results import BatchReport
 from shoal._core.wire import ErrorData
 from shoal._report import charts
-from shoal._report.collect import (
+from shoal._report.rundata import (
     FAILED,
     FailureGroup,
     RunData,

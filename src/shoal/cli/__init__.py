@@ -10,7 +10,7 @@
     shoal compare MODULE:FUNCTION --input FILE [--sample 50]
     shoal parallel N [WORKERS] [--workload ...] [--latency S]
     shoal benchmark [--workload ...] [--scale X]
-    shoal report run.db
+    shoal report run.db [--html report.html]
 
 ``MODULE`` is a dotted module importable from the current directory, or a path
 to a .py file. Input is JSON lines, CSV (one dict per row) or plain lines,
@@ -149,6 +149,8 @@ def _build_parser() -> _Parser:
 
     rep = sub.add_parser("report", help="summarize a checkpoint file")
     rep.add_argument("checkpoint", metavar="CHECKPOINT")
+    rep.add_argument("--html", metavar="OUT.html",
+                     help='also write an HTML report with charts (pip install "shoal[report]")')
     rep.set_defaults(handler=_cmd_report)
     return parser
 
@@ -358,6 +360,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
         lines.append("failures by type: "
                      + ", ".join(f"{k}: {v}" for k, v in s["errors_by_type"].items()))
     print("\n".join(lines))
+    if args.html:
+        from shoal._report import write_html
+        from shoal._report.checkpoint import read_report
+
+        print(f"html report: {write_html(read_report(args.checkpoint), args.html)}")
     return EXIT_OK
 
 
