@@ -13,7 +13,7 @@ Debian's chromium.
 
 Candidates: matplotlib (PNG images in the page, no JavaScript), Bokeh (its
 JavaScript inlined, canvas) and Plotly (plotly.js inlined, SVG; its WebGL
-trace needs a GPU, which headless Chromium here runs without).
+trace is not tried: Chromium runs here with --disable-gpu).
 """
 
 from __future__ import annotations

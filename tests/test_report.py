@@ -15,12 +15,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from reportdata import realistic_report
 
 import shoal
+from reportdata import realistic_report
 from shoal import BatchReport, ItemResult
-from shoal._report import rundata as collect_mod
 from shoal._report import render_html, repr_html
+from shoal._report import rundata as collect_mod
 from shoal._report.charts import MAX_WORKER_ROWS, occupancy
 from shoal._report.page import NO_TIMES
 from shoal.cli import main as cli_main
@@ -28,7 +28,7 @@ from shoal.cli import main as cli_main
 pytest.importorskip("matplotlib", reason='the report needs matplotlib: pip install "shoal[report]"')
 
 
-def attrs(page: str, pattern: str) -> list[str]:
+def attrs(page: str, pattern: str) -> list[Any]:
     return re.findall(pattern, page)
 
 

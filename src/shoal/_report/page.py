@@ -47,6 +47,7 @@ border-bottom:1px solid #ddd;padding-bottom:4px}
 table{border-collapse:collapse;margin:6px 0}td,th{padding:3px 10px;text-align:left;
 border-bottom:1px solid #eee;vertical-align:top}th{color:#555;font-weight:600}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
+.slowest td{white-space:nowrap}.slowest td:last-child{white-space:normal}
 .cards{display:flex;flex-wrap:wrap;gap:10px;margin:10px 0}
 .card{border:1px solid #ddd;border-radius:6px;padding:6px 14px;min-width:90px}
 .card b{display:block;font-size:20px}.card span{color:#666;font-size:12px}
