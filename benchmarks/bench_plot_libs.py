@@ -48,7 +48,8 @@ def make_data(n: int) -> dict[str, Any]:
 
 
 def page(body: str, head: str = "") -> str:
-    return f"<!doctype html><html><head><meta charset='utf-8'>{head}</head><body>{body}</body></html>"
+    return (f"<!doctype html><html><head><meta charset='utf-8'>{head}</head>"
+            f"<body>{body}</body></html>")
 
 
 def with_matplotlib(d: dict[str, Any]) -> tuple[str, str]:

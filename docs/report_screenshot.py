@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "benchmarks")]
 
 from _browser import browser_page  # noqa: E402
+
 from reportdata import realistic_report  # noqa: E402
 
 
