@@ -107,6 +107,17 @@ def test_big_runs_are_shaded_by_occupancy_and_many_workers_capped() -> None:
     assert "less busy workers" in page
 
 
+def test_a_worker_running_items_at_once_is_shaded_not_barred() -> None:
+    # asyncio: one worker name, 200 items overlapping in time.
+    results: list[ItemResult[Any]] = [
+        ItemResult(i, i, ok=i % 50 != 0, error=None if i % 50 else TimeoutError("slow"),
+                   duration=0.1, worker="asyncio", started=1000.0 + i * 0.001)
+        for i in range(200)]
+    page = render_html(BatchReport(results, "asyncio", "", 100, 0.3, started_at=1000.0))
+    assert 'data-rows="1" data-mode="occupancy"' in page
+    assert "workers ran several at once" in page
+
+
 def test_empty_and_all_restored_runs_render() -> None:
     empty: BatchReport[Any] = BatchReport([], "sequential", "", 1, 0.0)
     assert 'id="failures" data-count="0"' in render_html(empty)
@@ -165,6 +176,25 @@ def test_cli_writes_the_report_of_a_checkpoint(tmp_path: Path, capsys: Any) -> N
     assert 'data-key="total" data-count="40"' in page
     assert "multiple of five: 0" in page  # the stored traceback
     assert "(item not stored in the checkpoint)" in page
+
+
+def test_a_checkpoint_with_start_times_draws_timelines(tmp_path: Path) -> None:
+    import sqlite3
+
+    from shoal._report.checkpoint import read_report
+
+    db = tmp_path / "run.db"
+    shoal.run(fails_on_multiples_of_five, range(40), backend="threads", workers=3,
+              checkpoint=str(db))
+    assert NO_TIMES in render_html(read_report(db))  # today's schema: no start column
+    with sqlite3.connect(db) as conn:  # the column the checkpoint is getting (issue 11)
+        conn.execute("ALTER TABLE results ADD COLUMN started REAL")
+        conn.execute("UPDATE results SET started = 1790000000.0 + idx * 0.01")
+    report = read_report(db)
+    assert [r.started for r in report.results[:2]] == [1790000000.0, 1790000000.01]
+    page = render_html(report)
+    assert NO_TIMES not in page and len(attrs(page, r"<img class=\"chart\"")) == 3
+    assert f'data-rows="{len({r.worker for r in report.results})}"' in page
 
 
 def test_cli_without_matplotlib_says_which_extra(tmp_path: Path, monkeypatch: Any,

@@ -156,11 +156,12 @@ class WorkerChart:
     hidden_workers: int  # the least busy ones left out past MAX_WORKER_ROWS
     hidden_items: int
     detailed: bool  # one bar per item (else occupancy shading)
+    concurrent: bool  # some worker ran items at once
     failure_marks: int  # failures marked (all of them in detail mode)
 
 
 def worker_png(cols: Columns) -> WorkerChart:
-    """Which item ran on which worker and when: bars, or occupancy for big runs."""
+    """Which item ran on which worker and when: bars, or occupancy for big or concurrent runs."""
     timed = ~np.isnan(cols.start)
     start, duration = cols.start[timed], cols.duration[timed]
     worker, outcome = cols.worker[timed], cols.outcome[timed]
@@ -181,7 +182,8 @@ def worker_png(cols: Columns) -> WorkerChart:
     span = max(float(end.max()), 1e-6)
 
     fig, ax = _figure(1.2 + 0.3 * shown.size)
-    detailed = start.size <= DETAIL_LIMIT
+    concurrent = runs_items_at_once(row, start, end)
+    detailed = start.size <= DETAIL_LIMIT and not concurrent
     if detailed:
         from matplotlib.collections import PolyCollection
 
@@ -215,10 +217,28 @@ def worker_png(cols: Columns) -> WorkerChart:
     ax.set_yticks(np.arange(shown.size), [_short(names[w]) for w in shown])
     ax.set_xlabel("seconds since the run started")
     return WorkerChart(_png(fig), int(shown.size), int(present.size - shown.size),
-                       hidden_items, detailed, marks)
+                       hidden_items, detailed, concurrent, marks)
+
+
+def runs_items_at_once(row: npt.NDArray[np.int64], start: FloatArray, end: FloatArray) -> bool:
+    """True when some worker ran items concurrently (asyncio, a Dask worker's threads).
+
+    Bars drawn over each other would hide that, so such runs are shaded by
+    occupancy at any size. Two items of one row overlap if, in start order,
+    one starts before the previous one ends (checking neighbours is enough:
+    if item j starts before an earlier item i ends, so does item i + 1). An
+    overlap counts only past half the shorter item, so that back-to-back
+    items whose clocks differ by microseconds do not.
+    """
+    order = np.lexsort((start, row))
+    s, e, r = start[order], end[order], row[order]
+    shorter = np.minimum(e[:-1] - s[:-1], e[1:] - s[1:])
+    overlap = (r[1:] == r[:-1]) & (e[:-1] - s[1:] > 0.5 * shorter)
+    return bool(overlap.sum() > 0.01 * max(1, s.size))
 
 
 def _short(name: str, limit: int = 28) -> str:
+    name = name or "(unnamed)"
     return name if len(name) <= limit else "…" + name[-(limit - 1):]
 
 

@@ -145,7 +145,9 @@ def _workers_section(data: RunData, cols: charts.Columns | None) -> str:
             how = ("One bar per item, coloured by outcome (green ok, orange ok after retries, "
                    "red failed); gaps are idle time.")
         else:
-            how = (f"{int((~np.isnan(cols.start)).sum()):,} items: each row is shaded by how many "
+            how = (f"{int((~np.isnan(cols.start)).sum()):,} items"
+                   f"{' (workers ran several at once)' if chart.concurrent else ''}: "
+                   "each row is shaded by how many "
                    "items its worker ran at each moment (exact, not sampled; white is idle); "
                    f"red ticks mark failures ({chart.failure_marks:,} shown"
                    f"{', evenly sampled' if chart.failure_marks < _failed_timed(cols) else ''}).")

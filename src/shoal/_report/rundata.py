@@ -90,11 +90,6 @@ class RunData:
         """How many items were run in this run (the length of the columns)."""
         return len(self.index)
 
-    @property
-    def timed(self) -> bool:
-        """True when at least one run item has a start time to draw."""
-        return any(s > 0.0 for s in self.started)
-
 
 OK, RETRIED_OK, FAILED = 0, 1, 2
 
