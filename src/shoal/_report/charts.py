@@ -157,7 +157,8 @@ class WorkerChart:
     hidden_items: int
     detailed: bool  # one bar per item (else occupancy shading)
     concurrent: bool  # some worker ran items at once
-    failure_marks: int  # failures marked (all of them in detail mode)
+    failures: int  # failed items on the rows drawn
+    failure_marks: int  # of which marked (all of them, unless sampled)
 
 
 def worker_png(cols: Columns) -> WorkerChart:
@@ -192,7 +193,7 @@ def worker_png(cols: Columns) -> WorkerChart:
                           ((start, y0), (end, y0), (end, y1), (start, y1))], axis=1)
         colors = [COLORS[int(k)] for k in outcome]
         ax.add_collection(PolyCollection(list(verts), facecolors=colors, linewidths=0))
-        marks = int((outcome == FAILED).sum())
+        marks = failures = int((outcome == FAILED).sum())
     else:
         ax.grid(False)  # white grid lines would read as idle time
         edges = np.linspace(0.0, span, GRID_COLUMNS + 1)
@@ -207,6 +208,7 @@ def worker_png(cols: Columns) -> WorkerChart:
                           extent=(0.0, span, shown.size - 0.5, -0.5))
         fig.colorbar(image, ax=ax, pad=0.01, label="items running")
         failed = np.flatnonzero(outcome == FAILED)
+        failures = int(failed.size)
         if failed.size > MAX_FAILURE_MARKS:  # evenly spaced, so bursts stay visible
             failed = failed[np.linspace(0, failed.size - 1, MAX_FAILURE_MARKS).astype(np.int64)]
         ax.scatter(start[failed], row[failed], marker="|", s=80, color=COLORS[FAILED],
@@ -217,7 +219,7 @@ def worker_png(cols: Columns) -> WorkerChart:
     ax.set_yticks(np.arange(shown.size), [_short(names[w]) for w in shown])
     ax.set_xlabel("seconds since the run started")
     return WorkerChart(_png(fig), int(shown.size), int(present.size - shown.size),
-                       hidden_items, detailed, concurrent, marks)
+                       hidden_items, detailed, concurrent, failures, marks)
 
 
 def runs_items_at_once(row: npt.NDArray[np.int64], start: FloatArray, end: FloatArray) -> bool:

@@ -25,7 +25,6 @@ from shoal._core.results import BatchReport
 from shoal._core.wire import ErrorData
 from shoal._report import charts
 from shoal._report.rundata import (
-    FAILED,
     FailureGroup,
     RunData,
     clip,
@@ -141,31 +140,27 @@ def _workers_section(data: RunData, cols: charts.Columns | None) -> str:
         attrs = 'data-rows="0"'
     else:
         chart = charts.worker_png(cols)
+        timed = int((~np.isnan(cols.start)).sum())
         if chart.detailed:
             how = ("One bar per item, coloured by outcome (green ok, orange ok after retries, "
                    "red failed); gaps are idle time.")
         else:
-            how = (f"{int((~np.isnan(cols.start)).sum()):,} items"
-                   f"{' (workers ran several at once)' if chart.concurrent else ''}: "
-                   "each row is shaded by how many "
-                   "items its worker ran at each moment (exact, not sampled; white is idle); "
-                   f"red ticks mark failures ({chart.failure_marks:,} shown"
-                   f"{', evenly sampled' if chart.failure_marks < _failed_timed(cols) else ''}).")
+            sampled = ", evenly sampled" if chart.failure_marks < chart.failures else ""
+            how = (f"{timed:,} items{' (workers ran several at once)' if chart.concurrent else ''}"
+                   ": each row is shaded by how many items its worker ran at each moment "
+                   "(exact, not sampled; white is idle); red ticks mark failures "
+                   f"({chart.failure_marks:,} of {chart.failures:,} shown{sampled}).")
         hidden = (f" {chart.hidden_workers} less busy workers ({chart.hidden_items:,} items) "
                   "are not shown." if chart.hidden_workers else "")
         body = f'<p class="lead">{_e(how + hidden)}</p>{_img(chart.png, "per-worker timeline")}'
+        if timed < data.ran:
+            body += (f'<p class="note">{data.ran - timed:,} items without a start time are '
+                     "not drawn.</p>")
         mode = "items" if chart.detailed else "occupancy"
         attrs = (f'data-rows="{chart.rows}" data-mode="{mode}" '
                  f'data-hidden-workers="{chart.hidden_workers}"')
-    untimed = data.ran - (0 if cols is None else int((~np.isnan(cols.start)).sum()))
-    if cols is not None and untimed:
-        body += f'<p class="note">{untimed:,} items without a start time are not drawn.</p>'
     return (f'<section id="workers" data-workers="{len(data.worker_names)}" {attrs}>'
             f"<h2>Workers</h2>{body}</section>")
-
-
-def _failed_timed(cols: charts.Columns) -> int:
-    return int(((cols.outcome == FAILED) & ~np.isnan(cols.start)).sum())
 
 
 def _latency_section(report: BatchReport[Any], cols: charts.Columns) -> str:
