@@ -7,7 +7,11 @@ import traceback as _tb
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+if TYPE_CHECKING:
+    import os
+    from pathlib import Path
 
 T = TypeVar("T")
 
@@ -214,3 +218,23 @@ class BatchReport(Generic[T]):
 
     def __str__(self) -> str:
         return self.summary()
+
+    def to_html(self, path: str | os.PathLike[str]) -> Path:
+        """Write a self-contained HTML report of this batch to ``path``; return the path.
+
+        Charts of throughput, workers and latency, failures grouped by type,
+        and the run's settings, in one file that opens offline.
+
+        Raises:
+            BackendUnavailable: matplotlib is missing: ``pip install "shoal[report]"``.
+            OSError: the file cannot be written.
+        """
+        from shoal._report import write_html
+
+        return write_html(self, path)
+
+    def _repr_html_(self) -> str:
+        # Jupyter's rich display: a compact summary, no charts and no heavy imports.
+        from shoal._report import repr_html
+
+        return repr_html(self)

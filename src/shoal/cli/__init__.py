@@ -10,7 +10,7 @@
     shoal compare MODULE:FUNCTION --input FILE [--sample 50]
     shoal parallel N [WORKERS] [--workload ...] [--latency S]
     shoal benchmark [--workload ...] [--scale X]
-    shoal report run.db [--failures]
+    shoal report run.db [--failures] [--html report.html]
 
 ``MODULE`` is a dotted module importable from the current directory, or a path
 to a .py file. Input is JSON lines, CSV (one dict per row) or plain lines,
@@ -222,6 +222,7 @@ _REPORT_EXAMPLES = """\
 examples:
   shoal report run.db                       what a checkpointed run holds
   shoal report run.db --failures            ... and every failed item with its error
+  shoal report run.db --html report.html    ... and its HTML run report, with charts
 """
 
 _WORKERS_DEFAULT = ("per backend: threads min(32, CPUs + 4), asyncio 100, processes one per "
@@ -341,6 +342,9 @@ def _build_parser() -> _Parser:
     rep.add_argument("--failures", action="store_true",
                      help="also list every failed item: its position in the input, its error "
                           "and attempts (default: off)")
+    rep.add_argument("--html", metavar="OUT.html",
+                     help='also write an HTML run report with charts to OUT.html (needs '
+                          'pip install "shoal[report]"; default: none)')
     rep.set_defaults(handler=_cmd_report)
     return parser
 
@@ -615,6 +619,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
         else:
             lines.append("failed items: none")
     print("\n".join(lines))
+    if args.html:
+        from shoal._report import write_html
+        from shoal._report.checkpoint import read_report
+
+        print(f"html report: {write_html(read_report(args.checkpoint), args.html)}")
     return EXIT_OK
 
 
