@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import io
 import itertools
+import logging
 import random
 import sys
 import types
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import pytest
 
 from shoal._core.errors import InvalidOptionError
-from shoal._core.results import BatchReport, ItemResult
+from shoal._core.results import BatchReport, ItemResult, format_seconds
 from shoal._sinks import progress as _progress
 from shoal._sinks.base import RunInfo, RunObserver
 from shoal._sinks.progress import (
@@ -172,7 +173,7 @@ def test_line_progress_output_and_throttling() -> None:
     assert out.getvalue().splitlines() == [
         "shoal: 50/1000 (5%) ok=49 failed=1 10.0 items/s ETA 0:01:35",
         "shoal: 100/1000 (10%) ok=99 failed=1 10.0 items/s ETA 0:01:30",
-        "shoal: 100/1000 (10%) ok=99 failed=1 10.0 items/s done in 0:00:10",
+        "shoal: 100/1000 (10%) ok=99 failed=1 done in 10.0 s, throughput 10.0 items/s",
     ]
 
 
@@ -187,7 +188,8 @@ def test_line_progress_many_batches_few_lines() -> None:
     lp.on_finish(None)
     lines = out.getvalue().splitlines()
     assert len(lines) == 3
-    assert lines[-1] == "shoal: 12000 ok=12000 failed=0 1000.0 items/s done in 0:00:12"
+    assert lines[-1] == ("shoal: 12000 ok=12000 failed=0 done in 12.0 s, "
+                         "throughput 1,000.0 items/s")
 
 
 def test_unknown_total_shows_count_and_rate_only() -> None:
@@ -234,7 +236,7 @@ def test_interrupted_final_line() -> None:
     )
     lp.on_finish(report)
     assert out.getvalue() == (
-        "shoal: 3/10 (30%) ok=3 failed=0 1.5 items/s done in 0:00:02 [interrupted]\n"
+        "shoal: 3/10 (30%) ok=3 failed=0 done in 2.00 s, throughput 1.5 items/s [interrupted]\n"
     )
 
 
@@ -368,3 +370,189 @@ def test_observer_class_instead_of_instance_rejected() -> None:
 def test_bad_total_hint_rejected() -> None:
     with pytest.raises(InvalidOptionError, match="total"):
         make_progress(True, -1)
+
+
+# --- the first event after the auto probe -------------------------------------
+
+
+def test_a_backlog_batch_opens_the_window_instead_of_counting_in_it() -> None:
+    est = RateEstimator(window=10.0)
+    est.reset(0.0)
+    est.add(16, 0.0001)  # 16 items run before the clock started, delivered at once
+    for k in range(1, 11):
+        est.add(33, 0.0001 + 0.1 * k)  # then 330 items/s
+        # counted in the window, the 16 would read 490/s after 0.1 s
+        assert est.rate(0.0001 + 0.1 * k) == pytest.approx(330.0)
+
+
+def test_until_a_second_batch_the_rate_is_since_reset_and_decays() -> None:
+    est = RateEstimator(window=10.0)
+    est.reset(0.0)
+    est.add(4, 10.0)  # four slow items, all at once
+    assert est.rate(10.0) == pytest.approx(0.4)
+    assert est.rate(20.0) == pytest.approx(0.2)  # nothing since: the rate decays
+    est.add(4, 20.0)
+    assert est.rate(20.0) == pytest.approx(0.4)  # measured from the first batch on
+
+
+def test_first_event_after_a_probe_counts_the_probe_items_over_their_time() -> None:
+    # make_progress is called as the run is set up; the auto probe then runs 16
+    # items of 3 ms before on_start, and they arrive in one batch an instant later.
+    clock = FakeClock()
+    events: list[ProgressEvent] = []
+    cb = make_progress(events.append, clock=clock)
+    assert cb is not None
+    clock.t = 0.048
+    cb.on_start(info(400))
+    clock.t = 0.0481
+    cb.on_results(results(0, 16))
+    first = events[0]
+    assert first.rate == pytest.approx(16 / 0.0481)  # ~333/s, not 16 / 0.0001 = 160,000/s
+    assert first.eta == pytest.approx(384 * 0.0481 / 16)
+    assert first.elapsed == pytest.approx(0.0481)
+    clock.t = 0.1481
+    cb.on_results(results(16, 33))
+    assert events[1].rate == pytest.approx(330.0)
+
+
+def test_first_event_of_a_real_auto_run_is_sane(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The whole path: Run sets up progress, the auto probe runs items inline,
+    # then observers start. Time is a fake clock that each item advances by
+    # 3 ms (and each reading by 1 µs), so the true rate is ~333/s exactly.
+    import shoal
+
+    clock = FakeClock()
+
+    def tick() -> float:
+        clock.t += 1e-6
+        return clock.t
+
+    def item(x: int) -> int:
+        clock.t += 0.003
+        return x
+
+    defaults = _progress.make_progress.__kwdefaults__
+    assert defaults is not None
+    monkeypatch.setitem(defaults, "clock", tick)  # the clock Run's make_progress call uses
+    events: list[ProgressEvent] = []
+    report = shoal.run(item, range(400), progress=events.append)
+    assert report.backend_reason.startswith("auto")  # the probe ran before on_start
+    assert events[0].done >= 1
+    for e in events[:-1]:
+        assert 300 < e.rate < 340, e
+        assert e.eta == pytest.approx((400 - e.done) / e.rate)
+
+
+def test_make_progress_times_the_run_from_its_set_up_but_not_a_callers_observer() -> None:
+    clock = FakeClock()
+    made = make_progress(True, clock=clock, stream=io.StringIO())
+    mine = LineProgress(io.StringIO(), clock=clock)
+    assert isinstance(made, LineProgress)
+    clock.t = 2.0
+    for obs in (made, mine):
+        obs.on_start(info(10))
+    clock.t = 3.0
+    assert made.event().elapsed == 3.0
+    assert mine.event().elapsed == 1.0
+    made.on_start(info(10))  # reused: its second run starts at its on_start
+    assert made.event().elapsed == 0.0
+
+
+# --- one time, one format -------------------------------------------------------
+
+
+def test_final_line_shows_the_reports_wall_time_and_throughput() -> None:
+    import shoal
+
+    out = io.StringIO()
+    report = shoal.run(abs, range(-50, 50), backend="sequential",
+                       progress=LineProgress(out))
+    final = out.getvalue().splitlines()[-1]
+    summary = report.summary()
+    wall = format_seconds(report.wall_time)
+    assert f"done in {wall}, throughput {report.throughput:,.1f} items/s" in final
+    assert f"wall time: {wall}, throughput: {report.throughput:,.1f} items/s" in summary
+    assert "0:00:01" not in final  # a 0.2 s run is not rounded up to a second
+
+
+def test_final_event_of_a_run_carries_the_report_wall_time() -> None:
+    clock = FakeClock()
+    events: list[ProgressEvent] = []
+    cb = CallbackProgress(events.append, clock=clock)
+    cb.on_start(info(3))
+    clock.t = 0.5
+    cb.on_results(results(0, 3))
+    report: BatchReport[int] = BatchReport(results(0, 3), "threads", "test", 4, wall_time=0.52)
+    cb.on_finish(report)
+    assert events[-1].elapsed == 0.52 and cb.final == events[-1]
+    assert format_line(events[-1], final=True).endswith(
+        "done in 520 ms, throughput 5.8 items/s")
+
+
+# --- progress through logging ------------------------------------------------------
+
+
+@pytest.fixture
+def shoal_log() -> Iterator[list[logging.LogRecord]]:
+    """A handler on the ``shoal`` logger at INFO, as a service would configure."""
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    logger = logging.getLogger("shoal")
+    handler, level = Keep(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def test_configured_logging_gets_progress_records(
+    shoal_log: list[logging.LogRecord], capsys: pytest.CaptureFixture[str]
+) -> None:
+    clock = FakeClock()
+    lp = make_progress(True, 100, clock=clock)
+    assert isinstance(lp, LineProgress)
+    lp.on_start(info(100))
+    for k in range(10):
+        clock.t = k + 1.0
+        lp.on_results(results(10 * k, 10))
+    lp.on_finish(None)
+    assert [(r.name, r.levelname) for r in shoal_log] == [("shoal", "INFO")] * 3
+    assert shoal_log[0].getMessage() == "50/100 (50%) ok=50 failed=0 10.0 items/s ETA 0:00:05"
+    assert shoal_log[-1].getMessage().startswith("100/100 (100%) ok=100 failed=0 done in")
+    assert capsys.readouterr().err == ""  # not also on stderr
+
+
+def test_interrupted_run_logs_a_warning(shoal_log: list[logging.LogRecord]) -> None:
+    lp = LineProgress(logger=logging.getLogger("shoal"), clock=FakeClock())
+    lp.on_start(info(10))
+    lp.on_results(results(0, 3))
+    lp.on_finish(BatchReport(results(0, 3), "threads", "t", 4, wall_time=1.0, interrupted=True))
+    assert shoal_log[-1].levelname == "WARNING"
+    assert shoal_log[-1].getMessage().endswith("[interrupted]")
+
+
+def test_without_logging_configured_the_plain_line_goes_to_stderr(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # pytest puts its capture handler on the root logger, whose level stays
+    # WARNING: logging would not show INFO, so progress keeps its own line.
+    assert not logging.getLogger("shoal").isEnabledFor(logging.INFO)
+    lp = make_progress(True)
+    assert isinstance(lp, LineProgress) and lp._logger is None
+    # a handler that would show INFO, but an explicit stream wins
+    monkeypatch.setattr(_progress, "_logging_shows_progress", lambda: True)
+    assert isinstance(make_progress(True), LineProgress)
+    assert make_progress(True)._logger is not None  # type: ignore[union-attr]
+    assert make_progress(True, stream=io.StringIO())._logger is None  # type: ignore[union-attr]
+
+
+def test_stream_and_logger_together_are_refused() -> None:
+    with pytest.raises(InvalidOptionError, match="not both"):
+        LineProgress(io.StringIO(), logger=logging.getLogger("shoal"))

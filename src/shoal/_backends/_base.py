@@ -131,3 +131,28 @@ class InlineBackend(Backend):
 
     def shutdown(self, cancel: bool) -> None:
         return None
+
+
+class WarmWorkers(ABC):
+    """Workers of one backend kind kept between runs (what ``shoal.Pool`` holds).
+
+    Runs use them one at a time: ``serve`` makes the per-run ``Backend``
+    (bound to these workers; its ``shutdown`` ends the run's use of them, not
+    the workers), and ``close`` stops the workers for good, leaving no thread
+    or child process behind. The initializer belongs to the warm workers: it
+    runs once per worker, not once per run.
+    """
+
+    traits: ClassVar[Traits]
+
+    @abstractmethod
+    def serve(self, fn: Callable[[Any], Any], options: Options, workers: int) -> Backend:
+        """A backend for one run of ``fn``, served by these workers."""
+
+    @abstractmethod
+    def close(self, cancel: bool) -> None:
+        """Stop the workers. ``cancel``: do not wait for running items."""
+
+
+#: where a run finds warm workers for a backend name (None: start its own)
+WarmLookup = Callable[[str], "WarmWorkers | None"]

@@ -41,8 +41,8 @@ def check(opts: Options, traits: Traits) -> None:
     name = traits.name
     if opts.address is not None and name != "dask":
         raise InvalidOptionError(
-            f'address= is the Dask scheduler to run on, but backend="{name}"; '
-            'use backend="dask" (or leave backend="auto"), or drop address=')
+            f'address is the Dask scheduler to run on, but backend="{name}"; '
+            'use backend="dask" (or leave backend="auto"), or drop address')
     if opts.max_items_per_worker is not None and not traits.recycles_workers:
         raise InvalidOptionError(
             f'max_items_per_worker is not supported by backend="{name}": it manages its '
@@ -52,15 +52,14 @@ def check(opts: Options, traits: Traits) -> None:
         return
     if opts.timeout is not None and not traits.streams_items and not traits.shared_lots:
         raise InvalidOptionError(
-            f'timeout= is per item, and backend="{name}" runs a chunk as one unit, so it '
+            f'timeout is per item, and backend="{name}" runs a chunk as one unit, so it '
             f"needs chunk_size=1 (got chunk_size={chunk}); drop chunk_size or use "
             'chunk_size="auto"')
     if opts.rate is not None and chunk > opts.rate.burst:
         raise InvalidOptionError(
             f"chunk_size={chunk} needs {chunk} rate tokens at once, more than the burst "
-            f"({opts.rate.burst}) of rate={opts.rate.per_second:g}/s; use chunk_size <= "
-            f"{opts.rate.burst}, or a burst of at least {chunk}: rate=({opts.rate.per_second:g}, "
-            f"{chunk})")
+            f"({opts.rate.burst}) of the rate limit; use chunk_size <= {opts.rate.burst}, or "
+            f"a burst of at least {chunk}")
 
 
 def plan(opts: Options, traits: Traits, total: int | None, workers: int | None = None) -> Plan:

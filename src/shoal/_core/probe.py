@@ -72,12 +72,13 @@ class Probe:
             return False
         return not engine.busy
 
-    def go_on(self, engine: Engine) -> Backend | str | None:
+    def go_on(self, engine: Engine, make: Callable[[str], Backend]) -> Backend | str | None:
         """After the first item: where to probe the next ones.
 
         Returns None (decide now), the name of the kind to go on with (the
         current one: keep its worker), or a new backend to go on in (a
-        process, made here because making it tells whether ``fn`` pickles).
+        process, made here with ``make`` because making it tells whether
+        ``fn`` pickles).
         """
         if not self.first or engine.exhausted:
             return None
@@ -89,7 +90,7 @@ class Probe:
         engine.limit(PROBE_MAX_ITEMS - engine.attempts_ended)
         if self.kind == "threads" and self.parallel and m.items:
             try:  # pickles fn: can it cross to a process at all?
-                backend = backend_class("processes")(self.fn, self.opts, self.workers)
+                backend = make("processes")
             except Exception as exc:
                 self.candidates.remove("processes")
                 self.note = f"; but {exc}, so threads"

@@ -7,7 +7,11 @@ import traceback as _tb
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+if TYPE_CHECKING:
+    import os
+    from pathlib import Path
 
 T = TypeVar("T")
 
@@ -72,6 +76,42 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     hi = min(lo + 1, len(sorted_values) - 1)
     frac = pos - lo
     return sorted_values[lo] * (1 - frac) + sorted_values[hi] * frac
+
+
+def format_seconds(seconds: float) -> str:
+    """A duration in readable units: ``35.2 µs``, ``3.25 ms``, ``1.16 s``, ``0:02:05``.
+
+    Three significant digits below a minute, ``H:MM:SS`` from a minute on; one
+    format for every time shoal prints (summaries, progress, the command line).
+    NaN (no measurement) is ``-``.
+    """
+    if math.isnan(seconds):
+        return "-"
+    if seconds == 0 or math.isinf(seconds):
+        return f"{seconds:g} s"
+    if abs(seconds) >= 59.95:
+        s = round(abs(seconds))
+        sign = "-" if seconds < 0 else ""
+        return f"{sign}{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+    for scale, unit in ((1e-6, "µs"), (1e-3, "ms"), (1.0, "s")):
+        value = seconds / scale
+        digits = 2 if abs(value) < 9.995 else 1 if abs(value) < 99.95 else 0
+        # 999.6 µs rounds to "1000 µs": show it in the next unit, as 1.00 ms.
+        if round(abs(value), digits) < 1000 or unit == "s":
+            break
+    return f"{value:.{digits}f} {unit}"
+
+
+def format_throughput(total: int, restored: int, seconds: float) -> str:
+    """Throughput as shoal prints it: every result (restored ones included) per
+    second of wall time, and, when some were restored, the computed ones too."""
+    def per_second(n: int) -> str:
+        return f"{n / seconds:,.1f} items/s" if seconds > 0 else "- items/s"
+
+    if not restored:
+        return per_second(total)
+    return (f"{per_second(total)} ({restored:,} restored included; computed: "
+            f"{per_second(total - restored)})")
 
 
 @dataclass
@@ -154,16 +194,23 @@ class BatchReport(Generic[T]):
                 r.unwrap()
 
     def summary(self) -> str:
-        """A short human-readable report of the batch."""
+        """A short human-readable report of the batch.
+
+        Throughput counts every result, restored ones included (as
+        ``throughput`` does), and then the computed ones alone; latency
+        percentiles are of the items computed in this run.
+        """
         lines = [
             f"items: {self.total} ({self.succeeded} ok, {self.failed} failed"
             + (f", {self.restored} restored from checkpoint" if self.restored else "")
             + ")" + (" [interrupted]" if self.interrupted else ""),
             f"backend: {self.backend} x{self.workers} ({self.backend_reason})",
-            f"wall time: {self.wall_time:.3f} s, throughput: {self.throughput:,.1f} items/s",
-            f"latency: p50 {self.latency(50):.4f} s, p95 {self.latency(95):.4f} s, "
-            f"p99 {self.latency(99):.4f} s",
+            f"wall time: {format_seconds(self.wall_time)}, throughput: "
+            + format_throughput(self.total, self.restored, self.wall_time),
         ]
+        if self.total > self.restored:
+            lines.append("latency per item: " + ", ".join(
+                f"p{q} {format_seconds(self.latency(q))}" for q in (50, 95, 99)))
         if self.failed:
             by_type = ", ".join(f"{k}: {v}" for k, v in self.errors_by_type.items())
             lines.append(f"failures by type: {by_type}")
@@ -171,3 +218,23 @@ class BatchReport(Generic[T]):
 
     def __str__(self) -> str:
         return self.summary()
+
+    def to_html(self, path: str | os.PathLike[str]) -> Path:
+        """Write a self-contained HTML report of this batch to ``path``; return the path.
+
+        Charts of throughput, workers and latency, failures grouped by type,
+        and the run's settings, in one file that opens offline.
+
+        Raises:
+            BackendUnavailable: matplotlib is missing: ``pip install "shoal[report]"``.
+            OSError: the file cannot be written.
+        """
+        from shoal._report import write_html
+
+        return write_html(self, path)
+
+    def _repr_html_(self) -> str:
+        # Jupyter's rich display: a compact summary, no charts and no heavy imports.
+        from shoal._report import repr_html
+
+        return repr_html(self)

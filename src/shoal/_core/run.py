@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from shoal._backends import Backend, backend_class
+from shoal._backends._base import WarmLookup
 from shoal._core import planner
 from shoal._core.calling import is_async_callable
 from shoal._core.engine import Engine, Segment
@@ -60,10 +61,11 @@ class Run:
     """Everything one call is made of (see the module docstring)."""
 
     def __init__(self, fn: Callable[[Any], Any], items: Iterable[Any], opts: Options,
-                 settings: Mapping[str, Any] | None = None) -> None:
+                 settings: Mapping[str, Any] | None = None, warm: WarmLookup | None = None) -> None:
         if not callable(fn):
             raise InvalidOptionError(f"fn must be callable, got {fn!r}")
         self.fn = fn
+        self.warm = warm  # a shoal.Pool's workers, kept between runs
         self.started = time.perf_counter()
         self.started_at = time.time()
         self.settings = dict(settings or {})
@@ -113,7 +115,8 @@ class Run:
         cls = backend_class(name)
         planner.check(self.opts, cls.traits)
         n = workers or self.opts.workers or cls.traits.default_workers()
-        return cls(self.fn, self.opts, n)
+        warm = self.warm(name) if self.warm is not None else None
+        return warm.serve(self.fn, self.opts, n) if warm is not None else cls(self.fn, self.opts, n)
 
     def _plan(self, backend: Backend, total: int | None) -> planner.Plan:
         return planner.plan(self.opts, backend.traits, total, backend.workers)
@@ -149,7 +152,7 @@ class Run:
         probe = self.probe
         assert probe is not None
         old = self.backend
-        further = probe.go_on(self.engine)
+        further = probe.go_on(self.engine, lambda name: self._make_backend(name, Probe.workers))
         if isinstance(further, Backend):  # the rest of the probe runs in a process
             self.backend = further
             return old

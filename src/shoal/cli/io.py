@@ -25,17 +25,20 @@ import functools
 import importlib
 import importlib.util
 import io
+import itertools
 import json
 import os
+import re
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, TextIO
 
 from shoal._core.calling import is_async_callable
-from shoal._core.results import BatchReport, ItemResult
+from shoal._core.results import BatchReport, ItemResult, format_seconds, format_throughput
 from shoal._sinks.base import RunInfo, RunObserver
+from shoal._sinks.progress import ProgressEvent
 
 FORMATS = ("jsonl", "csv", "lines")
 _EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv",
@@ -92,9 +95,9 @@ def load_function(spec: str) -> tuple[Callable[[Any], Any], str]:
                 raise CliError(f"cannot import module {module_name!r}: no such module in "
                                f"{os.getcwd()} or on sys.path; check the name, or pass a path "
                                "to a .py file") from None
-            raise CliError(f"cannot import module {module_name!r}: {_one_line(exc)}") from None
+            raise CliError(f"cannot import module {module_name!r}: {one_line(exc)}") from None
         except Exception as exc:
-            raise CliError(f"cannot import module {module_name!r}: {_one_line(exc)}") from None
+            raise CliError(f"cannot import module {module_name!r}: {one_line(exc)}") from None
     fn = module
     for part in attr.split("."):
         if not hasattr(fn, part):
@@ -109,10 +112,21 @@ def load_function(spec: str) -> tuple[Callable[[Any], Any], str]:
     return fn, spec
 
 
+# A .py file given as MODULE is imported under this prefix, so that it cannot
+# shadow a real module of the same name (a local json.py, say).
+_FILE_MODULE_PREFIX = "_shoal_job_"
+
+
+def display_names(text: str) -> str:
+    """``text`` with the internal module names of .py jobs as the user wrote
+    them: ``_shoal_job_jobs:enrich`` reads ``jobs.py:enrich``."""
+    return re.sub(rf"\b{_FILE_MODULE_PREFIX}(\w+)", r"\1.py", text)
+
+
 def _load_file(path: Path) -> Any:
     if not path.is_file():
         raise CliError(f"cannot import {str(path)!r}: no such file")
-    name = "_shoal_job_" + "".join(c if c.isalnum() else "_" for c in path.stem)
+    name = _FILE_MODULE_PREFIX + "".join(c if c.isalnum() else "_" for c in path.stem)
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise CliError(f"cannot import {str(path)!r}: not a Python file")
@@ -123,7 +137,7 @@ def _load_file(path: Path) -> Any:
         spec.loader.exec_module(module)
     except Exception as exc:
         del sys.modules[name]
-        raise CliError(f"cannot import {str(path)!r}: {_one_line(exc)}") from None
+        raise CliError(f"cannot import {str(path)!r}: {one_line(exc)}") from None
     # Worker processes cannot import this module by name: send its code along.
     import cloudpickle
 
@@ -131,7 +145,8 @@ def _load_file(path: Path) -> Any:
     return module
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
+    """``Type: message`` on one line (whitespace collapsed)."""
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
@@ -189,12 +204,45 @@ def open_input(path: str) -> TextIO:
         raise CliError(f"cannot read input {path!r}: {exc.strerror or exc}") from None
 
 
-def read_records(stream: TextIO, fmt: str) -> Iterator[Any]:
-    """Yield the records of ``stream`` lazily; unparsable ones as ``BadRecord``."""
+def checked_lines(stream: TextIO, fmt: str, path: str) -> Iterable[str]:
+    """The lines of ``stream``, once its first record is known to fit ``fmt``.
+
+    Only one mistake is caught this way, the one that would otherwise fail
+    every record alike: JSON lines read as CSV (the first line would become a
+    header of JSON fragments, and every row a dict with the wrong keys).
+
+    Raises:
+        CliError: ``fmt`` is csv and the first non-blank line is a JSON object
+            or array.
+    """
+    head: list[str] = []
+    for raw in stream:
+        head.append(raw)
+        if raw.strip():
+            break
+    first = head[-1].strip() if head else ""
+    if fmt == "csv" and first:
+        try:
+            value = json.loads(first)
+        except ValueError:
+            value = None
+        # A CSV header is names; one JSON object, array or number is not (a
+        # quoted string, true or null could be a one-column header).
+        kinds = {dict: "an object", list: "an array", int: "a number", float: "a number"}
+        kind = kinds.get(type(value))
+        if kind is not None:
+            where = "stdin" if path == "-" else repr(path)
+            raise CliError(f"{where} looks like JSON lines, not CSV (line {len(head)} is "
+                           f"{kind}); pass --format jsonl")
+    return itertools.chain(head, stream)
+
+
+def read_records(lines: Iterable[str], fmt: str) -> Iterator[Any]:
+    """Yield the records of ``lines`` lazily; unparsable ones as ``BadRecord``."""
     if fmt == "csv":
-        yield from _csv_records(stream)
+        yield from _csv_records(lines)
         return
-    for line_no, raw in enumerate(stream, 1):
+    for line_no, raw in enumerate(lines, 1):
         line = raw.rstrip("\r\n")
         if fmt == "lines":
             yield line
@@ -205,8 +253,8 @@ def read_records(stream: TextIO, fmt: str) -> Iterator[Any]:
                 yield BadRecord(line_no, line, f"invalid JSON ({exc})")
 
 
-def _csv_records(stream: TextIO) -> Iterator[Any]:
-    reader = csv.reader(stream)
+def _csv_records(lines: Iterable[str]) -> Iterator[Any]:
+    reader = csv.reader(lines)
     try:
         header = next(reader)
     except (StopIteration, csv.Error):
@@ -335,13 +383,20 @@ class OutputWriter:
 
 
 class Tally:
-    """A ``RunObserver`` that counts results and forwards to a progress display."""
+    """A ``RunObserver`` that counts results and forwards to a progress display.
 
-    def __init__(self, display: RunObserver | None) -> None:
+    Failures are counted as the engine delivers them, so a failed item counts
+    even when it is not written (``--on-error skip_failed``).
+    """
+
+    def __init__(self, display: RunObserver | None, *, keep_failures: bool = False) -> None:
+        """Count for ``display``; ``keep_failures`` keeps each failed result, to
+        name the one that stopped an ``all_or_nothing`` run (which has few)."""
         self.display = display
         self.info: RunInfo | None = None
         self.done = self.failed = self.restored = 0
         self.errors: dict[str, int] = {}
+        self._kept: list[ItemResult[Any]] | None = [] if keep_failures else None
 
     def on_start(self, info: RunInfo) -> None:
         self.info = info
@@ -352,6 +407,10 @@ class Tally:
         for r in results:
             self.done += 1
             self.restored += r.restored
+            if not r.ok:
+                self._count_failure(type(r.error).__name__)
+                if self._kept is not None:
+                    self._kept.append(r)
         if self.display is not None:
             self.display.on_results(results)
 
@@ -359,18 +418,34 @@ class Tally:
         if self.display is not None:
             self.display.on_finish(report)
 
-    def fail(self, error_type: str) -> None:
-        """Count a failed output record (the engine's failures and unwritable values)."""
+    def unwritable(self) -> None:
+        """Count an item that succeeded but was written as failed (``NotSerializable``)."""
+        self._count_failure("NotSerializable")
+
+    def _count_failure(self, error_type: str) -> None:
         self.failed += 1
         self.errors[error_type] = self.errors.get(error_type, 0) + 1
 
-    def summary(self, seconds: float, output: str, checkpoint: str | None) -> str:
-        """The lines printed at the end of ``shoal run``."""
-        rate = self.done / seconds if seconds > 0 else 0.0
+    def failure_of(self, error: BaseException) -> ItemResult[Any] | None:
+        """The kept failed result whose exception is ``error``, if any."""
+        return next((r for r in self._kept or () if r.error is error), None)
+
+    def wall_time(self, measured: float) -> float:
+        """The run's wall time: the one the progress display showed, so the
+        summary repeats it, else ``measured``."""
+        final = getattr(self.display, "final", None)
+        return final.elapsed if isinstance(final, ProgressEvent) else measured
+
+    def summary(self, seconds: float, output: str, checkpoint: str | None,
+                skipped: bool = False) -> str:
+        """The lines printed at the end of ``shoal run``; ``skipped``: failed
+        records were left out of the output."""
         ok = self.done - self.failed
         restored = f", {self.restored} restored from checkpoint" if self.restored else ""
-        lines = [f"items: {self.done} ({ok} ok, {self.failed} failed{restored})",
-                 f"wall time: {seconds:.3f} s, throughput: {rate:,.1f} items/s"]
+        unwritten = ", failed ones not written" if skipped and self.failed else ""
+        lines = [f"items: {self.done} ({ok} ok, {self.failed} failed{restored}){unwritten}",
+                 f"wall time: {format_seconds(seconds)}, throughput: "
+                 + format_throughput(self.done, self.restored, seconds)]
         if self.info is not None:
             lines.append(f"backend: {self.info.backend} x{self.info.workers}")
         if self.errors:

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from shoal._core.errors import CheckpointDamaged, CheckpointMismatch, InvalidOptionError
+from shoal._sinks.checkpoint.files import checked_path, connect, forget_orphaned_journals
 from shoal._sinks.checkpoint.format import (
     INSERT_ROW,
     StoredRow,
@@ -28,7 +29,6 @@ from shoal._sinks.checkpoint.format import (
     reading,
 )
 from shoal._sinks.checkpoint.lock import CheckpointLock
-from shoal._sinks.checkpoint.store import checked_path, connect, forget_orphaned_journals
 
 __all__ = ["salvage_checkpoint"]
 

@@ -1,7 +1,8 @@
 """A durable checkpoint: an SQLite file from which an interrupted batch resumes.
 
 The file's layout is in ``format.py``, the authentication of its pickled rows
-in ``keys.py``, the one-run-at-a-time lock in ``lock.py``.
+in ``keys.py``, the one-run-at-a-time lock in ``lock.py``, opening the file in
+``files.py``, read-only summaries in ``reading.py``.
 
 WAL journal, ``synchronous=NORMAL``, batched commits: after a crash or SIGKILL
 the file is consistent and holds every committed batch; the rows not yet
@@ -25,15 +26,15 @@ import sys
 import threading
 import time
 import warnings
-from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypedDict
+from typing import Any
 
 from shoal._core import wire
 from shoal._core.errors import CheckpointMismatch, CheckpointUntrusted, InvalidOptionError
 from shoal._core.results import ItemResult
+from shoal._sinks.checkpoint.files import checked_path, connect, forget_orphaned_journals
 from shoal._sinks.checkpoint.format import (
     FIX,
     FORMAT,
@@ -49,120 +50,12 @@ from shoal._sinks.checkpoint.format import (
 )
 from shoal._sinks.checkpoint.keys import RowSigner, given_key
 from shoal._sinks.checkpoint.lock import CheckpointLock
+from shoal._sinks.checkpoint.reading import CheckpointSummary, summary_of
 
-__all__ = ["CheckpointStore", "CheckpointSummary", "open_checkpoint", "summarize"]
+__all__ = ["CheckpointStore", "open_checkpoint"]
 
 # Indirection so tests can drive the commit timer without sleeping.
 _monotonic = time.monotonic
-
-
-class CheckpointSummary(TypedDict):
-    """What ``summarize()`` and ``CheckpointStore.stats()`` report."""
-
-    path: str
-    job: str
-    python: str
-    created: float  # seconds since the epoch
-    last_update: float | None  # when the newest row was recorded; None if empty
-    total: int
-    ok: int
-    failed: int
-    errors_by_type: dict[str, int]  # most common first
-
-
-def checked_path(path: str | os.PathLike[str], *, readonly: bool) -> Path:
-    """``path`` as a Path, once it is known to be usable as a checkpoint file.
-
-    Raises:
-        InvalidOptionError: ``path`` is a directory, missing (``readonly``) or unwritable.
-    """
-    p = Path(os.fspath(path))
-    if p.is_dir():
-        raise InvalidOptionError(f"checkpoint path {p} is a directory; pass a file such as "
-                                 f"{p / 'run.db'}")
-    parent = p.absolute().parent
-    if readonly and not p.exists():
-        raise InvalidOptionError(f"no checkpoint at {p}; pass the path of an existing checkpoint")
-    if not readonly:
-        if not parent.is_dir():
-            raise InvalidOptionError(
-                f"cannot create checkpoint {p}: {parent} is not an existing directory; "
-                "create it or pass another checkpoint path"
-            )
-        # WAL needs the directory writable too (for the -wal and -shm files).
-        if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
-            raise InvalidOptionError(f"checkpoint {p} is not writable; fix its "
-                                     "permissions or pass another checkpoint path")
-    return p
-
-
-def forget_orphaned_journals(p: Path) -> None:
-    """Remove the WAL files of a checkpoint whose database file was deleted.
-
-    Deleting ``run.db`` after a kill (or after ``shoal report`` read it)
-    leaves ``run.db-wal`` and ``run.db-shm``; SQLite would take them for the
-    new file's and fail with "disk I/O error". Call it holding the lock.
-    """
-    if not p.exists():
-        for suffix in ("-wal", "-shm", "-journal"):
-            Path(f"{p}{suffix}").unlink(missing_ok=True)
-
-
-def connect(p: Path, *, readonly: bool) -> sqlite3.Connection:
-    """Open the checkpoint file ``p``; the caller checks the contents.
-
-    Raises:
-        InvalidOptionError: SQLite cannot open it.
-    """
-    try:
-        if readonly:
-            conn = sqlite3.connect(p.absolute().as_uri() + "?mode=ro", uri=True)
-        else:
-            conn = sqlite3.connect(p, isolation_level=None, check_same_thread=False)
-        # Defence in depth: SQL functions with side effects never run from the schema.
-        conn.execute("PRAGMA trusted_schema=OFF")
-    except sqlite3.Error as exc:
-        raise InvalidOptionError(f"cannot open checkpoint {p}: {exc}; pass another path") from exc
-    return conn
-
-
-def _summary(p: Path, meta: dict[str, str], conn: sqlite3.Connection) -> CheckpointSummary:
-    with reading(p):
-        total, ok, last = conn.execute(
-            "SELECT count(*), coalesce(sum(ok), 0), max(recorded_at) FROM results"
-        ).fetchone()
-        rows = conn.execute(
-            "SELECT error_type, count(*) FROM results WHERE ok = 0 GROUP BY error_type")
-        # By the class's own name, as BatchReport.errors_by_type counts them
-        # (the file holds "module.QualName" for a class outside builtins).
-        by_type: Counter[str] = Counter()
-        for name, n in rows:
-            by_type[str(name).rpartition(".")[2]] += n
-    return CheckpointSummary(
-        path=str(p), job=meta["job"], python=meta.get("python", "?"),
-        created=float(meta["created"]), last_update=last, total=total, ok=ok,
-        failed=total - ok,
-        errors_by_type=dict(sorted(by_type.items(), key=lambda kv: (-kv[1], kv[0]))),
-    )
-
-
-def summarize(path: str | os.PathLike[str]) -> CheckpointSummary:
-    """Summarize a checkpoint file without modifying it (for ``shoal report``).
-
-    Raises:
-        InvalidOptionError: ``path`` is a directory or does not exist.
-        CheckpointMismatch: the file is not a shoal checkpoint.
-        CheckpointDamaged: SQLite finds the file corrupt.
-    """
-    p = checked_path(path, readonly=True)
-    conn = connect(p, readonly=True)
-    try:
-        meta = read_meta(p, conn)
-        if meta is None:
-            raise CheckpointMismatch(f"{p} is not a shoal checkpoint (an empty database)")
-        return _summary(p, meta, conn)
-    finally:
-        conn.close()
 
 
 def open_checkpoint(
@@ -467,7 +360,7 @@ class CheckpointStore:
         with self._lock:
             self._db()
             self._commit_locked()
-            return _summary(self.path, self._meta, self._db())
+            return summary_of(self.path, self._meta, self._db())
 
     def close(self) -> None:
         """Commit everything, stop the timer and close the file; closing twice is harmless.
