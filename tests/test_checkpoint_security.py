@@ -154,7 +154,7 @@ def test_every_backend_stops_at_a_refused_row(tmp_path: Path, backend: str,
 
     def resume() -> str:
         done = subprocess.run([sys.executable, "-c", RESUME, str(path), backend, address],
-                              capture_output=True, text=True, timeout=30)
+                              capture_output=True, text=True, timeout=20)
         assert done.returncode == 0, done.stderr
         return done.stdout.strip()
 
