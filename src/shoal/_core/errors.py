@@ -20,8 +20,11 @@ else::
     ├── RemoteTraceback(ShoalError)                  a worker-side traceback, as __cause__
     ├── InvalidGraphError(ShoalError, TypeError)     a graph wired with something that is
     │                                                not a node, an action or params
-    └── GraphError(ShoalError, RuntimeError)         a graph cannot go on: no start node,
-                                                     or max_steps node runs reached
+    ├── GraphError(ShoalError, RuntimeError)         a graph cannot go on: no start node,
+    │                                                or max_steps node runs reached
+    ├── cli.io.CliError(ShoalError)                  the command line: one line, exit 2
+    └── cli.io.InvalidRecord(ShoalError, ValueError) per record: an input line that
+                                                     does not parse
     BatchInterrupted(KeyboardInterrupt)              Ctrl-C; carries the partial report
 """
 
