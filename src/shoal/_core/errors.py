@@ -23,6 +23,9 @@ else::
     │                                                not a node, an action or params
     ├── GraphError(ShoalError, RuntimeError)         a graph cannot go on: no start node,
     │                                                or max_steps node runs reached
+    ├── cli.io.CliError(ShoalError)                  the command line: one line, exit 2
+    ├── cli.io.InvalidRecord(ShoalError, ValueError) per record: an input line that
+    │                                                does not parse
     ├── CheckpointDamaged(ShoalError, OSError)       the file is corrupt: salvage or start afresh
     └── CheckpointInUse(ShoalError, RuntimeError)    another run has the checkpoint open
     BatchInterrupted(KeyboardInterrupt)              Ctrl-C; carries the partial report
