@@ -137,14 +137,7 @@ try:
 except shoal.CheckpointUntrusted as exc:
     print("refused", exc.index)
 """
-ENGINE_RESTORE_XFAIL = pytest.mark.xfail(
-    strict=True, reason="engine: an error from store.restore() must end the run with that "
-    "error (threads: the worker thread dies and the run hangs; processes: BrokenBackend)")
-
-
-@pytest.mark.parametrize("backend", [
-    "sequential", pytest.param("threads", marks=ENGINE_RESTORE_XFAIL), "asyncio",
-    pytest.param("processes", marks=ENGINE_RESTORE_XFAIL), "dask"])
+@pytest.mark.parametrize("backend", ["sequential", "threads", "asyncio", "processes", "dask"])
 def test_every_backend_stops_at_a_refused_row(tmp_path: Path, backend: str,
                                               request: pytest.FixtureRequest) -> None:
     address = ""

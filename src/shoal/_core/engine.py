@@ -300,7 +300,16 @@ class Engine:
         # The user's iterator may raise: its error is raised once what was
         # pulled before it has run and been delivered.
         items, exhausted, error = self._source.pull(n)
-        restored = self._restore(items) if self._store is not None and items else None
+        try:
+            restored = self._restore(items) if self._store is not None and items else None
+        except Exception as exc:  # the checkpoint refuses (another job's, damaged, untrusted)
+            with self._lock:
+                self._pulling = False
+                if self.fatal is None:
+                    self.fatal = exc
+                self._stop_locked()
+            self.wake_workers(True)
+            return True
         with self._lock:
             self._pulling = False
             if self._stopped:
