@@ -80,3 +80,75 @@ def calls(folder: str | Path) -> list[int]:
 
 def pid_of(_: Any) -> int:
     return os.getpid()
+
+
+# --- several arguments (starmap, Executor) --------------------------------------------
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+async def aadd(a: int, b: int) -> int:
+    await asyncio.sleep(0.001)
+    return a + b
+
+
+def mul(x: int, y: int) -> int:
+    return x * y
+
+
+def capture(*args: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    return args, kwargs
+
+
+def sleep_and_raise(t: float) -> None:
+    time.sleep(t)
+    raise RuntimeError("this is an exception")
+
+
+def exit_now(code: int = 1) -> None:
+    """Kills its worker (a process) at once."""
+    os._exit(code)
+
+
+def raise_at_line() -> None:
+    raise RuntimeError(123)  # the line a remote traceback must show
+
+
+def env_init(value: str) -> None:
+    """An initializer whose effect survives pickling: the worker's environment."""
+    os.environ["SHOAL_TEST_INIT"] = value
+
+
+def env_status(_: Any = None) -> str:
+    return os.environ.get("SHOAL_TEST_INIT", "uninitialized")
+
+
+def failing_init() -> None:
+    raise ValueError("error in initializer")
+
+
+class ExitAtUnpickle:
+    """Unpickling it in a worker kills the worker."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return os._exit, (1,)
+
+
+class ErrorAtPickle:
+    def __reduce__(self) -> tuple[Any, ...]:
+        import pickle
+
+        raise pickle.PicklingError("error in pickle")
+
+
+def _unpickle_error() -> None:
+    raise ValueError("error at unpickle")
+
+
+class ErrorAtUnpickle:
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _unpickle_error, ()
+
+
+def return_instance(cls: type) -> Any:
+    return cls()

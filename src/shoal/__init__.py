@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib as _importlib
 import typing as _typing
 
-from shoal._core.api import aimap, amap, arun_batch, imap, map, run
+from shoal._core.api import aimap, amap, arun_batch, imap, map, run, starmap
 from shoal._core.bridge import arun
 from shoal._core.errors import (
     BackendUnavailable,
@@ -44,7 +44,10 @@ if _typing.TYPE_CHECKING:
 
 # Imported on first use, so that ``import shoal`` stays light (the checkpoint
 # store brings sqlite3 and cloudpickle; progress brings its renderers).
-_LAZY = {"open_checkpoint": "shoal._sinks.checkpoint", "ProgressEvent": "shoal._sinks.progress"}
+_LAZY = {
+    "ProgressEvent": "shoal._sinks.progress",
+    "open_checkpoint": "shoal._sinks.checkpoint",
+}
 
 
 def __getattr__(name: str) -> _typing.Any:
@@ -89,4 +92,5 @@ __all__ = [
     "open_checkpoint",
     "run",
     "split",
+    "starmap",
 ]

@@ -46,7 +46,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import shoal
 from shoal._core.calling import is_async_callable
@@ -68,6 +68,9 @@ from shoal.cli.io import (
     read_records,
     result_line,
 )
+
+if TYPE_CHECKING:
+    from shoal._core.signatures import BackendName
 
 __all__ = ["DEMO_CHECKPOINT", "DEMO_DIR", "DEMO_OUTPUT", "main"]
 
@@ -535,8 +538,8 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _local_backends(fn: Callable[[Any], Any]) -> list[str]:
-    names = ["sequential", "threads"]
+def _local_backends(fn: Callable[[Any], Any]) -> list[BackendName]:
+    names: list[BackendName] = ["sequential", "threads"]
     if importlib.util.find_spec("shoal._backends._processes.pool") is not None:
         names.append("processes")
     if is_async_callable(fn):

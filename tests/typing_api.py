@@ -1,0 +1,60 @@
+"""Static checks of shoal's public signatures (mypy --strict runs this file: ``make test``).
+
+Nothing here runs: each ``assert_type`` states what a type checker must infer.
+The negative cases (calls mypy must refuse) are in test_typing.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Iterator
+
+from typing_extensions import assert_type
+
+import shoal
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+async def asquare(x: int) -> int:
+    return x * x
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+async def aadd(a: int, b: int) -> int:
+    return a + b
+
+
+def check_sync_calls() -> None:
+    assert_type(shoal.map(square, [1]), list[int])
+    assert_type(shoal.map(asquare, [1]), list[int])  # the awaited values, not coroutines
+    assert_type(shoal.map(square, [1], on_error="skip_failed"), list[int])
+    assert_type(shoal.map(square, [1], on_error="collect_errors"), list[int | BaseException])
+    assert_type(shoal.map(asquare, [1], on_error="collect_errors"), list[int | BaseException])
+    assert_type(shoal.map(square, range(3), backend="threads", workers=4, retries=2,
+                          timeout=1.5, rate=(10, 2), chunk_size="auto", progress=print),
+                list[int])
+    assert_type(shoal.run(square, [1]), shoal.BatchReport[int])
+    assert_type(shoal.run(asquare, [1], on_error="all_or_nothing"), shoal.BatchReport[int])
+    assert_type(shoal.imap(square, [1]), Iterator[shoal.ItemResult[int]])
+    assert_type(shoal.imap(asquare, [1], ordered=False), Iterator[shoal.ItemResult[int]])
+    assert_type(shoal.starmap(add, [(1, 2)]), list[int])
+    assert_type(shoal.starmap(aadd, [(1, 2)]), list[int])
+    assert_type(shoal.starmap(add, [(1, 2)], on_error="collect_errors"),
+                list[int | BaseException])
+
+
+async def check_async_calls() -> None:
+    assert_type(await shoal.amap(square, [1]), list[int])
+    assert_type(await shoal.amap(asquare, [1]), list[int])
+    assert_type(await shoal.amap(asquare, [1], on_error="collect_errors"),
+                list[int | BaseException])
+    assert_type(await shoal.arun_batch(asquare, [1]), shoal.BatchReport[int])
+    assert_type(await shoal.arun_batch(square, [1]), shoal.BatchReport[int])
+    assert_type(shoal.aimap(asquare, [1]), AsyncGenerator[shoal.ItemResult[int], None])
+    assert_type(shoal.aimap(square, [1], ordered=False),
+                AsyncGenerator[shoal.ItemResult[int], None])
