@@ -75,3 +75,8 @@ def test_a_checkpoint_knows_a_starmap_job_by_its_function(tmp_path: Path) -> Non
         shoal.starmap(workfns.mul, [(1, 2)], checkpoint=db)
     with pytest.raises(shoal.CheckpointMismatch):  # map of the same function is another job
         shoal.map(workfns.add, [(1, 2)], checkpoint=db)  # type: ignore[arg-type]
+
+
+def test_pool_starmap() -> None:
+    with shoal.Pool(backend="threads", workers=2) as pool:
+        assert pool.starmap(workfns.add, [(1, 2)]) == [3]

@@ -37,9 +37,9 @@ shoal.map(square, [1], workers="4")                       # line 8
 shoal.map(square, [1], on_error="skip")                   # line 9
 shoal.run(square, [1], backend="thread")                  # line 10
 shoal.imap(square, ["a"])                                 # line 11: str items, int fn
-shoal.run(square, [1], timeout="10")                     # line 12
-shoal.run(square, [1], retries=None)                      # line 13
-shoal.run(square, [1], ordered="yes")                     # line 14
+pool = shoal.Pool(workers="4")                            # line 12
+shoal.Pool().map(square, [1], workers=4)                  # line 13: the pool's own
+shoal.Pool().run(square, [1], ordered="yes")             # line 14
 shoal.starmap(square, [1])                                # line 15: not tuples
 """
 
@@ -72,6 +72,9 @@ def test_the_typed_dicts_cover_every_option() -> None:
     for base in signatures.RunOptions.__mro__:
         run_keys |= set(getattr(base, "__annotations__", {}))
     assert run_keys == set(OPTIONS)
+    pool_keys = set(signatures.PoolRunOptions.__required_keys__
+                    | signatures.PoolRunOptions.__optional_keys__)
+    assert pool_keys == set(OPTIONS) - set(signatures.WORKER_OPTIONS) | {"backend"}
     assert set(signatures.option_help()) == set(OPTIONS)
 
 
@@ -100,6 +103,15 @@ def test_help_shows_every_option_with_its_meaning() -> None:
     assert "seconds per attempt of one item" in text  # timeout's meaning
     assert "min(32, CPUs + 4)" in text  # workers' default per backend
     assert "Options (keyword-only" in textwrap.dedent(shoal.map.__doc__ or "")
+
+
+def test_pool_methods_show_only_per_call_options() -> None:
+    params = inspect.signature(shoal.Pool.map).parameters
+    assert "retries" in params and "workers" not in params and "initializer" not in params
+    assert "the pool's own" in (shoal.Pool.map.__doc__ or "")
+    pool_params = inspect.signature(shoal.Pool).parameters
+    for name in signatures.WORKER_OPTIONS:
+        assert name in pool_params, name
 
 
 def test_options_docstring_documents_every_field() -> None:

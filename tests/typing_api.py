@@ -58,3 +58,25 @@ async def check_async_calls() -> None:
     assert_type(shoal.aimap(asquare, [1]), AsyncGenerator[shoal.ItemResult[int], None])
     assert_type(shoal.aimap(square, [1], ordered=False),
                 AsyncGenerator[shoal.ItemResult[int], None])
+
+
+async def check_pool() -> None:
+    with shoal.Pool(backend="threads", workers=4, initializer=print, retries=1) as pool:
+        assert_type(pool.map(square, [1]), list[int])
+        assert_type(pool.map(asquare, [1]), list[int])
+        assert_type(pool.map(square, [1], on_error="collect_errors"), list[int | BaseException])
+        assert_type(pool.starmap(add, [(1, 2)]), list[int])
+        assert_type(pool.run(asquare, [1]), shoal.BatchReport[int])
+        assert_type(pool.imap(square, [1]), Iterator[shoal.ItemResult[int]])
+        assert_type(await pool.amap(asquare, [1]), list[int])
+        assert_type(await pool.arun_batch(square, [1]), shoal.BatchReport[int])
+        assert_type(pool.aimap(square, [1]), AsyncGenerator[shoal.ItemResult[int], None])
+
+
+def check_worker_local() -> None:
+    @shoal.worker_local
+    def table() -> dict[str, int]:
+        return {}
+
+    assert_type(table, shoal.WorkerLocal[dict[str, int]])
+    assert_type(table(), dict[str, int])

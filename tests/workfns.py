@@ -152,3 +152,52 @@ class ErrorAtUnpickle:
 
 def return_instance(cls: type) -> Any:
     return cls()
+
+
+# --- per-worker state ------------------------------------------------------------------
+def build_state(folder: str | None = None) -> dict[str, Any]:
+    """A stand-in for an expensive object; each build is recorded in ``folder``."""
+    if folder is not None:
+        with open(Path(folder) / "builds.txt", "a") as f:
+            f.write(f"{os.getpid()}\n")
+    return {"pid": os.getpid(), "uses": 0}
+
+
+def make_state(folder: str) -> Any:
+    import functools
+
+    import shoal
+
+    return shoal.worker_local(functools.partial(build_state, folder))
+
+
+def use_state(handle: Any, x: int) -> tuple[int, int, int]:
+    """(item, pid, id of this worker's object): ``functools.partial(use_state, handle)``."""
+    obj = handle()
+    obj["uses"] += 1
+    return x, os.getpid(), id(obj)
+
+
+async def ause_state(handle: Any, x: int) -> tuple[int, int, int]:
+    await asyncio.sleep(0)
+    return use_state(handle, x)
+
+
+def builds(folder: str | Path) -> list[int]:
+    """The pids of the processes that built an object, one per build."""
+    path = Path(folder) / "builds.txt"
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def _module_state() -> dict[str, Any]:
+    return build_state()
+
+
+import shoal  # noqa: E402 - the handle below is the documented, module-level use
+
+MODULE_STATE = shoal.worker_local(_module_state)
+
+
+def use_module_state(x: int) -> tuple[int, int]:
+    """(pid, id of this worker's object) through a module-level handle."""
+    return os.getpid(), id(MODULE_STATE())

@@ -8,6 +8,10 @@ limits, bounded memory, progress and checkpoint/resume::
     values = shoal.map(fetch, urls, backend="threads", workers=50, retries=3)
     report = shoal.run(score, rows, on_error="collect_errors")
     for r in shoal.imap(parse, open("big.jsonl")): ...
+
+    with shoal.Pool(backend="threads", workers=8) as pool:   # workers kept between calls
+        a = pool.map(fetch, urls)
+        b = pool.starmap(join, zip(a, urls))
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ from shoal._core.errors import (
     WorkerCrashed,
 )
 from shoal._core.options import Options
+from shoal._core.pool import Pool
 from shoal._core.results import BatchReport, ItemResult
+from shoal._core.worker_local import WorkerLocal, worker_local
 from shoal._policies.rate import RateLimit
 from shoal._policies.retry import RetryPolicy
 from shoal._split import iter_batches, merge, split
@@ -74,6 +80,7 @@ __all__ = [
     "ItemResult",
     "NotPicklable",
     "Options",
+    "Pool",
     "ProgressEvent",
     "RateLimit",
     "RemoteError",
@@ -81,6 +88,7 @@ __all__ = [
     "RetryPolicy",
     "ShoalError",
     "WorkerCrashed",
+    "WorkerLocal",
     "aimap",
     "amap",
     "arun",
@@ -93,4 +101,5 @@ __all__ = [
     "run",
     "split",
     "starmap",
+    "worker_local",
 ]
