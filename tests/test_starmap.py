@@ -77,6 +77,8 @@ def test_a_checkpoint_knows_a_starmap_job_by_its_function(tmp_path: Path) -> Non
         shoal.map(workfns.add, [(1, 2)], checkpoint=db)  # type: ignore[arg-type]
 
 
-def test_pool_starmap() -> None:
+def test_pool_starmap_and_executor_map() -> None:
     with shoal.Pool(backend="threads", workers=2) as pool:
         assert pool.starmap(workfns.add, [(1, 2)]) == [3]
+    with shoal.Executor(2) as ex:
+        assert list(ex.map(workfns.add, [1, 2], [10, 20])) == [11, 22]

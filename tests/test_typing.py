@@ -39,7 +39,7 @@ shoal.run(square, [1], backend="thread")                  # line 10
 shoal.imap(square, ["a"])                                 # line 11: str items, int fn
 pool = shoal.Pool(workers="4")                            # line 12
 shoal.Pool().map(square, [1], workers=4)                  # line 13: the pool's own
-shoal.Pool().run(square, [1], ordered="yes")             # line 14
+shoal.Executor(2, backend="auto")                         # line 14
 shoal.starmap(square, [1])                                # line 15: not tuples
 """
 

@@ -6,6 +6,7 @@ The negative cases (calls mypy must refuse) are in test_typing.py.
 
 from __future__ import annotations
 
+import concurrent.futures
 from collections.abc import AsyncGenerator, Iterator
 
 from typing_extensions import assert_type
@@ -71,6 +72,12 @@ async def check_pool() -> None:
         assert_type(await pool.amap(asquare, [1]), list[int])
         assert_type(await pool.arun_batch(square, [1]), shoal.BatchReport[int])
         assert_type(pool.aimap(square, [1]), AsyncGenerator[shoal.ItemResult[int], None])
+
+
+def check_executor() -> None:
+    with shoal.Executor(2, backend="processes", timeout=5, retries=1) as ex:
+        assert_type(ex.submit(add, 1, 2), concurrent.futures.Future[int])
+        assert_type(ex.map(add, [1], [2]), Iterator[int])
 
 
 def check_worker_local() -> None:

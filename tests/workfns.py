@@ -110,10 +110,6 @@ def exit_now(code: int = 1) -> None:
     os._exit(code)
 
 
-def raise_at_line() -> None:
-    raise RuntimeError(123)  # the line a remote traceback must show
-
-
 def env_init(value: str) -> None:
     """An initializer whose effect survives pickling: the worker's environment."""
     os.environ["SHOAL_TEST_INIT"] = value
@@ -201,3 +197,25 @@ MODULE_STATE = shoal.worker_local(_module_state)
 def use_module_state(x: int) -> tuple[int, int]:
     """(pid, id of this worker's object) through a module-level handle."""
     return os.getpid(), id(MODULE_STATE())
+
+
+class Dummy:
+    """A result object whose lifetime a test watches (weakref)."""
+
+    def method(self) -> None:
+        return None
+
+
+def make_dummy(_: Any) -> Dummy:
+    return Dummy()
+
+
+def sleep_and_print(t: float, msg: str) -> None:
+    time.sleep(t)
+    print(msg, flush=True)
+
+
+def pid_then_sleep(folder: str, seconds: float) -> None:
+    """Records its worker's pid, then sleeps (a hung call)."""
+    (Path(folder) / "pid").write_text(str(os.getpid()))
+    time.sleep(seconds)

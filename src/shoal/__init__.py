@@ -12,6 +12,9 @@ limits, bounded memory, progress and checkpoint/resume::
     with shoal.Pool(backend="threads", workers=8) as pool:   # workers kept between calls
         a = pool.map(fetch, urls)
         b = pool.starmap(join, zip(a, urls))
+
+    with shoal.Executor(4, backend="processes", timeout=30) as ex:   # concurrent.futures
+        future = ex.submit(score, row)
 """
 
 from __future__ import annotations
@@ -45,12 +48,16 @@ from shoal._split import iter_batches, merge, split
 __version__ = "0.1.0"
 
 if _typing.TYPE_CHECKING:
+    from shoal._core.executor import BrokenExecutor, Executor
     from shoal._sinks.checkpoint import open_checkpoint
     from shoal._sinks.progress import ProgressEvent
 
 # Imported on first use, so that ``import shoal`` stays light (the checkpoint
-# store brings sqlite3 and cloudpickle; progress brings its renderers).
+# store brings sqlite3 and cloudpickle; progress brings its renderers; the
+# executor brings concurrent.futures).
 _LAZY = {
+    "BrokenExecutor": "shoal._core.executor",
+    "Executor": "shoal._core.executor",
     "ProgressEvent": "shoal._sinks.progress",
     "open_checkpoint": "shoal._sinks.checkpoint",
 }
@@ -74,7 +81,9 @@ __all__ = [
     "BatchInterrupted",
     "BatchReport",
     "BrokenBackend",
+    "BrokenExecutor",
     "CheckpointMismatch",
+    "Executor",
     "InvalidItemsError",
     "InvalidOptionError",
     "ItemResult",
