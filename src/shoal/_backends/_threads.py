@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from shoal._backends._base import Backend, Traits, WarmWorkers, cpu_count
-from shoal._core.calling import Outcome, close_thread_loop, run_chunk, sync_caller
+from shoal._core.calling import close_thread_loop, run_chunk, sync_caller
 from shoal._core.engine import Done, Wait
 from shoal._core.errors import BrokenBackend
 from shoal._core.options import Options
@@ -176,7 +176,6 @@ class ThreadBackend(Backend):
     def _work(self, me: _Worker, life: _Life) -> None:
         engine = self._engine
         name = threading.current_thread().name
-        limit = self.options.max_items_per_worker
         while not me.abandoned and not self._closing:
             with self._cond:
                 gen = self._gen
@@ -190,23 +189,30 @@ class ThreadBackend(Backend):
                         self._cond.wait(None if math.isinf(got.seconds) else got.seconds)
                         self._waiting -= 1
                 continue
-            task = got.task
-            me.task = task
-            outcome = self._run_task(task, name)
-            me.task = None
-            if me.abandoned:
-                break  # the engine has failed this item already; drop the result
-            engine.complete(task, outcome)
-            life.ran += len(outcome.values)
-            if limit is not None and life.ran >= limit:
-                # Recycle: a fresh thread (and initializer) replaces this one.
-                life.retired = True
-                self._retire(me)
+            if not self._run_task(me, got.task, name, life):
                 break
 
-    def _run_task(self, task: Task, name: str) -> Outcome:
-        return run_chunk(self._call, task.items[task.done :] if task.done else task.items, name,
-                         stop_on_error=self._stop_on_error, halted=self._halted)
+    def _run_task(self, me: _Worker, task: Task, name: str, life: _Life) -> bool:
+        """Run and report one task; False: this worker stops.
+
+        A method of its own so that the task, its items and their values are
+        let go when it returns, not held by a parked thread until its next task.
+        """
+        me.task = task
+        outcome = run_chunk(self._call, task.items[task.done :] if task.done else task.items,
+                            name, stop_on_error=self._stop_on_error, halted=self._halted)
+        me.task = None
+        if me.abandoned:
+            return False  # the engine has failed this item already; drop the result
+        self._engine.complete(task, outcome)
+        life.ran += len(outcome.values)
+        limit = self.options.max_items_per_worker
+        if limit is not None and life.ran >= limit:
+            # Recycle: a fresh thread (and initializer) replaces this one.
+            life.retired = True
+            self._retire(me)
+            return False
+        return True
 
     def _retire(self, me: _Worker) -> None:
         self._leave(me)
