@@ -1,23 +1,18 @@
 """Calling a function with several arguments, where the engine hands one item.
 
-The engine runs ``fn(item)``. ``starmap`` items are argument tuples and the
-executor's items are whole calls ``(fn, args, kwargs)``; the wrappers here
-turn them back into ``fn(*args)`` and ``fn(*args, **kwargs)``. They are
-module-level classes and functions, so they pickle by reference to a worker
-process or a Dask worker, carrying ``fn`` (by reference, or by value through
-cloudpickle for a lambda or a function of ``__main__``).
+The engine runs ``fn(item)``; a ``starmap`` item is a tuple of arguments, and
+the wrappers here turn it back into ``fn(*args)``. They are module-level
+classes, so they pickle by reference to a worker process or a Dask worker,
+carrying ``fn`` (by reference, or by value through cloudpickle for a lambda
+or a function of ``__main__``).
 """
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from shoal._core.calling import is_async_callable, run_awaitable
-
-#: what the executor sends as one item: the function, its arguments, its keywords
-Call = tuple[Callable[..., Any], tuple[Any, ...], Mapping[str, Any]]
+from shoal._core.calling import is_async_callable
 
 
 class _Spread:
@@ -68,22 +63,3 @@ def spread(fn: Callable[..., Any]) -> Callable[[Any], Any]:
     if not callable(fn):
         return fn  # the run refuses it with the usual message
     return ASpread(fn) if is_async_callable(fn) else Spread(fn)
-
-
-def invoke(call: Call) -> Any:
-    """Run one executor call; an awaitable result is awaited on this thread's loop
-    (so ``submit(async_fn, x)`` gives the value, as ``shoal.map`` does)."""
-    fn, args, kwargs = call
-    value = fn(*args, **kwargs)
-    if inspect.isawaitable(value):
-        return run_awaitable(value)
-    return value
-
-
-async def ainvoke(call: Call) -> Any:
-    """``invoke`` on the asyncio backend: awaited on the run's loop."""
-    fn, args, kwargs = call
-    value = fn(*args, **kwargs)
-    if inspect.isawaitable(value):
-        value = await value
-    return value
