@@ -162,17 +162,16 @@ def test_a_call_completes_when_it_returns_in_this_process() -> None:
         assert fast in done and not slow.done()
 
 
-def test_a_call_sent_to_a_process_completes_with_its_chunk() -> None:
-    """A difference: a call shares its chunk's report (chunk_size=1: each alone)."""
-    with shoal.Executor(1, backend="processes") as ex:
-        ex.submit(int).result(timeout=60)  # the worker is up
-    with shoal.Executor(1, backend="processes", chunk_size=2) as ex:
-        gate = ex.submit(time.sleep, 0.3)  # holds the worker while the pair is queued
-        fast, slow = ex.submit(time.sleep, 0), ex.submit(time.sleep, 1.0)
-        gate.result(timeout=60)
-        done, _ = cf.wait([fast], timeout=0.5)
-        assert fast not in done  # reported with the slow one
-        assert slow.result(timeout=60) is None and fast.done()
+def test_a_process_call_reports_alone_with_chunk_size_1() -> None:
+    """A difference: tiny calls sent to processes travel, and are reported, in
+    chunks (a fast call may wait for a slow one of its chunk); chunk_size=1
+    reports each call alone."""
+    with shoal.Executor(2, backend="processes", chunk_size=1) as ex:
+        ex.submit(int).result(timeout=60)  # the workers are up
+        slow = ex.submit(time.sleep, 2.0)
+        fast = ex.submit(time.sleep, 0)
+        done, _ = cf.wait([fast], timeout=1.5)
+        assert fast in done and not slow.done()
 
 
 # ------------------------------------------------------------ errors, options
@@ -215,3 +214,11 @@ def test_progress_events_are_delivered() -> None:
     with shoal.Executor(2, progress=events.append) as ex:
         list(ex.map(abs, range(-50, 50)))
     assert events and events[-1].done == 100
+
+
+def test_workers_start_with_the_executor() -> None:
+    """A difference: the standard executors start a worker at the first submit."""
+    before = set(threading.enumerate())
+    with shoal.Executor(2):
+        assert [t for t in threading.enumerate() if t not in before
+                and t.name.startswith("shoal-") and not t.name.startswith("shoal-executor")]

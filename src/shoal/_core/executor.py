@@ -195,7 +195,7 @@ class _Calls(Source):
     """
 
     def __init__(self, here: bool, final: bool) -> None:
-        self._here = here  # items are _Here (run in this process), else the bare calls
+        self.here = here  # items are _Here (run in this process), else the bare calls
         self._final = final
         # The engine's input_ready. Called only after a pull found the queue
         # empty, so never before the backend has started.
@@ -237,7 +237,7 @@ class _Calls(Source):
                 if future.set_running_or_notify_cancel():  # else cancelled while queued
                     index = self._pulled + len(items)
                     self.futures[index] = future
-                    items.append(_Here(self, index, future, call, self._final) if self._here
+                    items.append(_Here(self, index, future, call, self._final) if self.here
                                  else call)
             self._pulled += len(items)
             exhausted = self._closed and not queue
@@ -303,6 +303,8 @@ def _settle(segs: list[Segment], calls: _Calls) -> None:
     take = calls.take
     for seg in segs:
         if seg.results is None:
+            if calls.here:
+                continue  # every call succeeded, and its worker completed its future
             for k, value in enumerate(seg.values, seg.start):
                 future = take(k)
                 if future is not None:
