@@ -82,19 +82,19 @@ def test_a_recycled_worker_builds_a_fresh_one(handle: Any, tmp_path: Path) -> No
 
 
 def test_threads_each_get_their_own(handle: Any) -> None:
-    seen: list[int] = []
+    seen: list[Any] = []  # the objects themselves: an id may be reused once one is freed
     lock = threading.Lock()
 
     def grab() -> None:
         with lock:
-            seen.append(id(handle()))
+            seen.append(handle())
 
     threads = [threading.Thread(target=grab) for _ in range(3)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert len(set(seen)) == 3
+    assert len({id(obj) for obj in seen}) == 3
 
 
 def test_clear_drops_this_workers_object(handle: Any) -> None:
