@@ -10,9 +10,9 @@ shoal and its peer run one after the other, so machine load hits both alike.
    every future; per-call cost of ``shoal.Executor`` against
    ``ThreadPoolExecutor`` (threads) and ``ProcessPoolExecutor`` (processes),
    same number of workers, each started before the clock runs.
-2. warm pool: ``pool.map(f, range(100))`` on one ``shoal.Pool``: its first
-   call (which starts the workers), the median of its later calls, and a cold
-   ``shoal.map``'s; for a tiny f and one sleeping 1 ms; on processes also
+2. warm pool: ``pool.map(f, range(100))``: a fresh ``shoal.Pool``'s first
+   call (which starts the workers) and its later calls, against cold
+   ``shoal.map`` calls; for a tiny f and one sleeping 1 ms; on processes also
    joblib's warm call when joblib is installed. Processes keep their
    workers only once warm processes are registered
    (``shoal._backends.warm_class("processes")``); until then the script says
@@ -79,36 +79,41 @@ def sleepy(x: int) -> int:
 
 
 def bench_warm(kind: str, fn: Callable[[int], int], label: str, workers: int,
-               calls: int) -> None:
-    """The first call of a fresh pool, its later calls, and cold shoal.map calls."""
+               pools: int, calls: int) -> float:
+    """Fresh pools' first calls, their later calls, and cold shoal.map calls
+    (medians); returns the later calls' median."""
     warm = warm_class(kind) is not None
     shoal.map(fn, range(10), backend=kind, workers=workers)  # type: ignore[call-overload]
-    with shoal.Pool(backend=kind, workers=workers) as pool:  # type: ignore[arg-type]
-        first = timed(lambda: pool.map(fn, range(100)))
-        later = statistics.median(timed(lambda: pool.map(fn, range(100)))
-                                  for _ in range(calls))
+    firsts: list[float] = []
+    laters: list[float] = []
+    for _ in range(pools):
+        with shoal.Pool(backend=kind, workers=workers) as pool:  # type: ignore[arg-type]
+            firsts.append(timed(lambda: pool.map(fn, range(100))))
+            laters += [timed(lambda: pool.map(fn, range(100))) for _ in range(calls)]
+    first, later = statistics.median(firsts), statistics.median(laters)
     cold = statistics.median(
         timed(lambda: shoal.map(fn, range(100), backend=kind,  # type: ignore[call-overload]
                                 workers=workers))
-        for _ in range(calls))
+        for _ in range(pools * calls))
     note = "" if warm else "  (no warm workers for this kind in this checkout: all cold)"
     print(f"  {kind:<9} {label:<10} 1st {first * 1e3:7.2f} ms   later {later * 1e3:7.2f} ms"
           f"   1st/later {first / later:5.2f}x   cold shoal.map {cold * 1e3:7.2f} ms "
           f"({cold / later:5.2f}x later){note}")
     if kind != "processes":
-        return
+        return later
     try:
         import joblib
     except ImportError:
         print("  joblib: not installed (pip install joblib), no warm peer")
-        return
+        return later
     with joblib.Parallel(n_jobs=workers) as parallel:
         parallel(joblib.delayed(fn)(x) for x in range(100))  # starts loky's workers
         jl = statistics.median(timed(lambda: parallel(joblib.delayed(fn)(x)
                                                       for x in range(100)))
-                               for _ in range(calls))
+                               for _ in range(pools * calls))
     print(f"  {'':<9} {label:<10} joblib warm call {jl * 1e3:7.2f} ms   shoal later / joblib "
           f"{later / jl:5.2f}x")
+    return later
 
 
 def main(argv: list[str]) -> int:
@@ -121,12 +126,12 @@ def main(argv: list[str]) -> int:
           f"(median of {args.repeat})")
     bench_submit("threads", n, 4, args.repeat)
     bench_submit("processes", n, 2, args.repeat)
-    calls = 10 if args.quick else 50
-    print(f"\n2. warm pool: pool.map(f, range(100)): a fresh pool's first call, then the "
-          f"median of {calls} later calls, and of {calls} cold shoal.map calls")
+    pools, calls = (3, 3) if args.quick else (5, 10)
+    print(f"\n2. warm pool: pool.map(f, range(100)): medians of {pools} fresh pools' first "
+          f"calls, of their {pools * calls} later calls, and of as many cold shoal.map calls")
     for fn, label in ((tiny, "tiny"), (sleepy, "1 ms sleep")):
-        bench_warm("threads", fn, label, 4, calls)
-    bench_warm("processes", tiny, "tiny", 2, max(3, calls // 5))
+        bench_warm("threads", fn, label, 4, pools, calls)
+    bench_warm("processes", tiny, "tiny", 2, pools, 2)
     return 0
 
 
