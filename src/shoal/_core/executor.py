@@ -190,8 +190,10 @@ class BrokenExecutor(BrokenBackend, concurrent.futures.BrokenExecutor):
 class _Calls(Source):
     """The submitted calls, as the run's input (see the module docstring).
 
-    ``_lock`` guards everything below it. ``futures`` maps a pulled call's
-    index to its future; only the consumer thread removes from it.
+    ``_lock`` guards everything below it but ``futures``, which maps a
+    pulled call's index to its future until it is completed: added under the
+    lock by a pull, removed (a single, atomic dict operation) by the consumer
+    thread or, for a call run in this process, by its worker.
     """
 
     def __init__(self, here: bool, final: bool) -> None:
@@ -294,8 +296,7 @@ class _Calls(Source):
             if future.set_running_or_notify_cancel():
                 future.set_exception(broken)
         for future in running:
-            if not future.done():
-                future.set_exception(broken)
+            _complete(future, None, broken)  # unless its worker completed it meanwhile
 
 
 def _settle(segs: list[Segment], calls: _Calls) -> None:
