@@ -19,6 +19,7 @@ SCRIPTS = {
     "bench_processes.py": ["--quick"],
     "bench_dask.py": ["--quick"],
     "bench_checkpoint.py": ["--items", "500", "--repeat", "1"],
+    "bench_pool.py": ["--quick"],
 }
 
 

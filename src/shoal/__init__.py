@@ -8,6 +8,13 @@ limits, bounded memory, progress and checkpoint/resume::
     values = shoal.map(fetch, urls, backend="threads", workers=50, retries=3)
     report = shoal.run(score, rows, on_error="collect_errors")
     for r in shoal.imap(parse, open("big.jsonl")): ...
+
+    with shoal.Pool(backend="threads", workers=8) as pool:   # workers kept between calls
+        a = pool.map(fetch, urls)
+        b = pool.starmap(join, zip(a, urls))
+
+    with shoal.Executor(4, backend="processes", timeout=30) as ex:   # concurrent.futures
+        future = ex.submit(score, row)
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from __future__ import annotations
 import importlib as _importlib
 import typing as _typing
 
-from shoal._core.api import aimap, amap, arun_batch, imap, map, run
+from shoal._core.api import aimap, amap, arun_batch, imap, map, run, starmap
 from shoal._core.bridge import arun
 from shoal._core.errors import (
     BackendUnavailable,
@@ -34,7 +41,9 @@ from shoal._core.errors import (
     WorkerCrashed,
 )
 from shoal._core.options import Options
+from shoal._core.pool import Pool
 from shoal._core.results import BatchReport, ItemResult
+from shoal._core.worker_local import WorkerLocal, worker_local
 from shoal._policies.rate import RateLimit
 from shoal._policies.retry import RetryPolicy
 from shoal._split import iter_batches, merge, split
@@ -42,13 +51,20 @@ from shoal._split import iter_batches, merge, split
 __version__ = "0.1.0"
 
 if _typing.TYPE_CHECKING:
+    from shoal._core.executor import BrokenExecutor, Executor
     from shoal._sinks.checkpoint import open_checkpoint, salvage_checkpoint
     from shoal._sinks.progress import ProgressEvent
 
 # Imported on first use, so that ``import shoal`` stays light (the checkpoint
-# store brings sqlite3 and cloudpickle; progress brings its renderers).
-_LAZY = {"open_checkpoint": "shoal._sinks.checkpoint", "ProgressEvent": "shoal._sinks.progress",
-         "salvage_checkpoint": "shoal._sinks.checkpoint"}
+# store brings sqlite3 and cloudpickle; progress brings its renderers; the
+# executor brings concurrent.futures).
+_LAZY = {
+    "BrokenExecutor": "shoal._core.executor",
+    "Executor": "shoal._core.executor",
+    "ProgressEvent": "shoal._sinks.progress",
+    "open_checkpoint": "shoal._sinks.checkpoint",
+    "salvage_checkpoint": "shoal._sinks.checkpoint",
+}
 
 
 def __getattr__(name: str) -> _typing.Any:
@@ -69,15 +85,18 @@ __all__ = [
     "BatchInterrupted",
     "BatchReport",
     "BrokenBackend",
+    "BrokenExecutor",
     "CheckpointDamaged",
     "CheckpointInUse",
     "CheckpointMismatch",
     "CheckpointUntrusted",
+    "Executor",
     "InvalidItemsError",
     "InvalidOptionError",
     "ItemResult",
     "NotPicklable",
     "Options",
+    "Pool",
     "ProgressEvent",
     "RateLimit",
     "RemoteError",
@@ -85,6 +104,7 @@ __all__ = [
     "RetryPolicy",
     "ShoalError",
     "WorkerCrashed",
+    "WorkerLocal",
     "aimap",
     "amap",
     "arun",
@@ -97,4 +117,6 @@ __all__ = [
     "run",
     "salvage_checkpoint",
     "split",
+    "starmap",
+    "worker_local",
 ]

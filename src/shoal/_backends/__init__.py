@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from shoal._backends._base import Backend, InlineBackend
+from shoal._backends._base import Backend, InlineBackend, WarmWorkers
 
 # name -> "module:Class"; the module is imported on first use only, so that
 # ``import shoal`` never imports multiprocessing, dask or numpy.
@@ -37,4 +37,31 @@ def backend_class(name: str) -> type[Backend]:
     return cls  # type: ignore[no-any-return]
 
 
-__all__ = ["Backend", "InlineBackend", "backend_class"]
+# name -> "module:Class" of the backend's warm workers (``WarmWorkers``: what a
+# ``shoal.Pool`` keeps between runs). A kind not listed has none: a pool's run
+# of that kind starts and stops its own workers, as ``shoal.map`` does.
+_WARM: dict[str, str] = {
+    "sequential": "shoal._backends._sequential:SequentialWorkers",
+    "threads": "shoal._backends._threads:ThreadWorkers",
+}
+
+
+def warm_class(name: str) -> type[WarmWorkers] | None:
+    """The class of warm workers of backend ``name``, or None if it has none.
+
+    A pool makes one with ``cls(options)``: the pool's validated ``Options``
+    (``workers``, ``initializer``/``initargs``, ``max_items_per_worker``,
+    ``address``, ``backend_options`` are the pool's, the same for every run).
+
+    Raises:
+        BackendUnavailable: the backend's optional dependency is missing.
+    """
+    spec = _WARM.get(name)
+    if spec is None:
+        return None
+    module_name, _, cls_name = spec.partition(":")
+    cls: Any = getattr(importlib.import_module(module_name), cls_name)
+    return cls  # type: ignore[no-any-return]
+
+
+__all__ = ["Backend", "InlineBackend", "WarmWorkers", "backend_class", "warm_class"]

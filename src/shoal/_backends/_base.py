@@ -141,9 +141,17 @@ class WarmWorkers(ABC):
     the workers), and ``close`` stops the workers for good, leaving no thread
     or child process behind. The initializer belongs to the warm workers: it
     runs once per worker, not once per run.
+
+    A pool makes them with ``cls(options)``, its own validated options: the
+    workers' settings (``workers``, ``initializer``, ``initargs``,
+    ``max_items_per_worker``, ``address``, ``backend_options``) are the
+    pool's and the same in every run's options; the rest is per run.
     """
 
     traits: ClassVar[Traits]
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
 
     @abstractmethod
     def serve(self, fn: Callable[[Any], Any], options: Options, workers: int) -> Backend:

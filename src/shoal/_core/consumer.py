@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import threading
-from collections.abc import AsyncGenerator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Generator, Iterator
 
 from shoal._backends import Backend, InlineBackend
 from shoal._core.results import Segment
@@ -91,7 +91,7 @@ def _shortest(a: float | None, b: float | None) -> float | None:
     return a if b is None else min(a, b)
 
 
-def segments(run: Run) -> Iterator[list[Segment]]:
+def segments(run: Run) -> Generator[list[Segment], None, None]:
     """Settled segments as they become deliverable; blocks in between."""
     engine = run.engine
     wake = threading.Event()

@@ -160,6 +160,10 @@ class Engine:
         self._exhausted = False
         self._pulling = False  # a thread is pulling from the source (outside the lock)
         self._starved = False  # the input had nothing ready; input_ready() clears it
+        # input_ready() calls so far, and their count when the running pull began:
+        # a pull that found nothing while input_ready() ran is not starved.
+        self._ready_calls = 0
+        self._ready_at_pull = 0
         self._budget: int | None = None  # new items that may still be handed out (probe)
         self._held: deque[Task] = deque()  # released, isolated or extra pulled: run these first
         self._retry_heap: list[tuple[float, int, Task]] = []
@@ -266,6 +270,7 @@ class Engine:
         elif self._can_pull():
             n = self._chunk if self._budget is None else min(self._chunk, self._budget)
             self._pulling = True
+            self._ready_at_pull = self._ready_calls
             return WAIT_FOR_SIGNAL, n
         if task is None:
             if self._retry_heap:
@@ -322,7 +327,10 @@ class Engine:
             if error is not None and self.source_error is None:
                 self.source_error = error
             self._exhausted = exhausted
-            self._starved = not items and not exhausted  # until input_ready()
+            # Starved until input_ready(), unless it was called during this pull:
+            # its wake-up has come and gone, so nobody else would pull again.
+            self._starved = (not items and not exhausted
+                             and self._ready_calls == self._ready_at_pull)
             self._held.extend(self._tasks(start, items, restored))
             for result in (restored or {}).values():
                 self._settle(Segment(result.index, 1, results=[result]))
@@ -668,6 +676,7 @@ class Engine:
         """The input has items again (a reader thread got some): ask again."""
         with self._lock:
             self._starved = False
+            self._ready_calls += 1
         self.wake_workers(False)
         self.wake_consumer()  # an inline backend's worker is the consumer
 

@@ -41,7 +41,62 @@ BACKENDS: tuple[str, ...] = ("auto", "sequential", "threads", "asyncio", "proces
 
 @dataclass(frozen=True)
 class Options:
-    """Validated options of one run. Build with ``Options.from_kwargs``."""
+    """The options of one run, validated: ``Options.from_kwargs(on_error, kwargs)``.
+
+    Every public call (``shoal.map``, ``run``, ``imap``, ``amap``, ``aimap``,
+    ``arun_batch``, ``starmap``, ``shoal.Pool`` and its methods) takes these
+    as keyword arguments, the same on every backend. An unknown name or a bad
+    value raises ``InvalidOptionError`` naming the fix (``unknown option
+    'worker'; did you mean 'workers'?``).
+
+    Attributes:
+        backend: where items run: "sequential" (the caller's thread),
+            "threads", "asyncio" (coroutines on one event loop), "processes",
+            "dask", or "auto" (run the first items, measure, choose).
+            Default "auto".
+        workers: how many workers run items at once. Default per backend:
+            threads min(32, CPUs + 4) as ThreadPoolExecutor; asyncio 100;
+            processes one per CPU; sequential 1.
+        ordered: deliver results in input order (default True); False: as
+            they finish.
+        on_error: what a failed item does. "all_or_nothing" (the default of
+            map, amap, starmap): stop scheduling and raise the first failed
+            item's own exception; "skip_failed": leave failures out of the
+            values; "collect_errors" (the default of run, imap, aimap,
+            arun_batch): keep going and keep every failure with its item (in
+            map, the exception stands in the failed item's place).
+        retries: attempts after the first: an int (default 0) or
+            RetryPolicy(retries, backoff=0.1, factor=2, max_delay=30,
+            jitter=0.1, retry_on=(Exception,), predicate=None).
+        timeout: seconds per attempt of one item (default None: no limit).
+            A timed-out process is killed, a thread abandoned and replaced,
+            a coroutine cancelled; the item fails with TimeoutError.
+        rate: at most this many items per second, over any window: 10,
+            (10, burst) or RateLimit(10, burst=5). Default None.
+        max_in_flight: items pulled from the input and not yet delivered,
+            the memory bound. Default max(64, 4 x workers x chunk); asyncio
+            4 x workers + chunk.
+        chunk_size: items handed to a worker at once; "auto" (default) grows
+            chunks for tiny items. On asyncio: items pulled at once, still
+            run one per worker.
+        progress: True (a widget in a notebook, records of the "shoal"
+            logger when logging shows them, a bar on a terminal, else a line
+            on stderr every 5 s), a callback receiving ProgressEvents, or an
+            observer. Default False.
+        total: how many items there are, for progress when items has no
+            len(). Default None.
+        checkpoint: path of a SQLite file: finished items are recorded and
+            skipped when the same job runs again. Default None.
+        initializer: called once per worker before its first item, with
+            initargs (load a model, open a connection). Default None.
+        initargs: the initializer's arguments. Default ().
+        max_items_per_worker: replace a worker after it ran this many items
+            (leaky code). Default None.
+        address: the Dask scheduler to run on ("tcp://host:8786"); without
+            it, backend="dask" starts a LocalCluster. Default None.
+        backend_options: settings of one backend (dask: client=, an open
+            distributed.Client to run on). Default {}.
+    """
 
     backend: str = "auto"
     workers: int | None = None

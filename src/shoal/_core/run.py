@@ -33,12 +33,14 @@ from shoal._core.source import IterSource, SliceSource, Source
 from shoal._sinks.base import ResultStore, RunInfo, RunObserver
 
 
-def make_source(items: Iterable[Any], on_ready: Callable[[], None]) -> Source:
+def make_source(items: Iterable[Any] | Source, on_ready: Callable[[], None]) -> Source:
     """The input as a ``Source``.
 
     Raises:
         InvalidItemsError: ``items`` is a string or not iterable.
     """
+    if isinstance(items, Source):
+        return items  # made by the caller (shoal.Executor's queue of calls)
     if isinstance(items, (str, bytes)):
         raise InvalidItemsError(
             f"items is a {type(items).__name__}; shoal would run fn on each character. "
@@ -60,7 +62,7 @@ def make_source(items: Iterable[Any], on_ready: Callable[[], None]) -> Source:
 class Run:
     """Everything one call is made of (see the module docstring)."""
 
-    def __init__(self, fn: Callable[[Any], Any], items: Iterable[Any], opts: Options,
+    def __init__(self, fn: Callable[[Any], Any], items: Iterable[Any] | Source, opts: Options,
                  settings: Mapping[str, Any] | None = None, warm: WarmLookup | None = None) -> None:
         if not callable(fn):
             raise InvalidOptionError(f"fn must be callable, got {fn!r}")

@@ -46,7 +46,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import shoal
 from shoal._core.calling import is_async_callable
@@ -68,6 +68,9 @@ from shoal.cli.io import (
     read_records,
     result_line,
 )
+
+if TYPE_CHECKING:
+    from shoal._core.signatures import BackendName
 
 __all__ = ["DEMO_CHECKPOINT", "DEMO_DIR", "DEMO_OUTPUT", "main"]
 
@@ -545,8 +548,8 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _local_backends(fn: Callable[[Any], Any]) -> list[str]:
-    names = ["sequential", "threads"]
+def _local_backends(fn: Callable[[Any], Any]) -> list[BackendName]:
+    names: list[BackendName] = ["sequential", "threads"]
     if importlib.util.find_spec("shoal._backends._processes.pool") is not None:
         names.append("processes")
     if is_async_callable(fn):
@@ -575,20 +578,23 @@ def _compare_backends(args: argparse.Namespace) -> int:
     print(f"{'backend':<12}{'workers':>8}{'time (s)':>10}{'items/s':>10}{'speedup':>9}"
           f"{'failed':>8}")
     times: dict[str, float] = {}
-    for name in _local_backends(fn):
-        try:
-            rep = shoal.run(call, items, backend=name, workers=args.workers)
-        except (Exception, BatchInterrupted) as exc:
-            if isinstance(exc, BatchInterrupted):
-                raise
-            print(f"{name:<12}  failed: {type(exc).__name__}: {' '.join(str(exc).split())}")
-            continue
-        times[name] = rep.wall_time
-        base = times.get("sequential", rep.wall_time)
-        speedup = base / rep.wall_time if rep.wall_time > 0 else math.inf
-        print(f"{name:<12}{rep.workers:>8}{rep.wall_time:>10.3f}{rep.throughput:>10.1f}"
-              f"{speedup:>8.2f}x{rep.failed:>8}")
-    auto = shoal.run(call, items, backend="auto", workers=args.workers)
+    # One pool for every run: each backend's row times its first run (workers
+    # started), and the auto run after them reuses the workers they left.
+    with shoal.Pool(workers=args.workers) as pool:
+        for name in _local_backends(fn):
+            try:
+                rep = pool.run(call, items, backend=name)
+            except (Exception, BatchInterrupted) as exc:
+                if isinstance(exc, BatchInterrupted):
+                    raise
+                print(f"{name:<12}  failed: {type(exc).__name__}: {' '.join(str(exc).split())}")
+                continue
+            times[name] = rep.wall_time
+            base = times.get("sequential", rep.wall_time)
+            speedup = base / rep.wall_time if rep.wall_time > 0 else math.inf
+            print(f"{name:<12}{rep.workers:>8}{rep.wall_time:>10.3f}{rep.throughput:>10.1f}"
+                  f"{speedup:>8.2f}x{rep.failed:>8}")
+        auto = pool.run(call, items)
     print(f"auto would choose: {auto.backend} ({auto.backend_reason})")
     if not times:
         raise CliError("every backend failed on the sample; see the lines above", code=1)
