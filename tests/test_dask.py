@@ -26,6 +26,7 @@ import pytest
 import shoal
 import workfns
 from shoal import RetryPolicy
+from shoal._backends import warm_class
 from shoal._backends._dask import backend as _dask
 from shoal._backends._dask import client as _dask_client
 from shoal._backends._dask import settings as _settings
@@ -615,6 +616,79 @@ def test_unreachable_scheduler_is_a_clear_error() -> None:
     with dask.config.set({"distributed.comm.timeouts.connect": "1s"}), \
             pytest.raises(shoal.BrokenBackend, match="cannot connect"):
         shoal.map(workfns.square, [1], backend="dask", address="tcp://127.0.0.1:1")
+
+
+# ------------------------------------------------------------ warm workers
+def run_on(warm: Any, fn: Any, items: Any, **kw: Any) -> shoal.BatchReport[Any]:
+    """``shoal.run`` on warm workers, as a ``shoal.Pool`` runs it."""
+    from shoal._core.consumer import segments
+    from shoal._core.run import Run
+
+    batch = Run(fn, items, Options.from_kwargs("collect_errors", {"backend": "dask", **kw}),
+                warm=lambda name: warm if name == "dask" else None)
+    for segs in segments(batch):
+        batch.deliver(segs, keep=True)
+    report = batch.report()
+    batch.close(report)
+    return report
+
+
+def write_init_marker_once(folder: str) -> None:
+    Path(folder, f"init-{os.getpid()}-{uuid.uuid4().hex}").write_text("1")
+
+
+def test_warm_workers_keep_one_client_and_initialize_each_worker_once(
+    cluster: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    cls: Any = warm_class("dask")  # constructed as cls(options, workers)
+    assert cls is not None
+    options = Options.from_kwargs("collect_errors", {
+        "backend": "dask", "address": cluster.scheduler_address,
+        "initializer": write_init_marker_once, "initargs": (str(tmp_path),)})
+    warm = cls(options, 2)
+    seen = record_clients(monkeypatch)
+    try:
+        for _ in range(2):
+            report = run_on(warm, pid_of, range(40), address=cluster.scheduler_address,
+                            chunk_size=1)
+            assert not report.failures
+        (_, first), (_, second) = seen
+        assert first is second and first.status == "running"  # one client for both runs
+        pids = [int(p.name.split("-")[1]) for p in tmp_path.glob("init-*")]
+        assert sorted(pids) == sorted(set(pids))  # once per worker, not once per run
+    finally:
+        warm.close(cancel=False)
+    assert first.status == "closed"  # the pool opened it: the pool closes it
+
+
+@pytest.mark.filterwarnings("ignore:Port 8787 is already in use")
+def test_warm_workers_keep_their_own_cluster_until_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    started: list[Any] = []
+    distributed = dist()
+    base: Any = distributed.LocalCluster
+
+    class RecordingCluster(base):  # type: ignore[misc]
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            started.append(self)
+
+    monkeypatch.setattr(distributed, "LocalCluster", RecordingCluster)
+    cls: Any = warm_class("dask")
+    assert cls is not None
+    warm = cls(Options.from_kwargs("collect_errors", {"backend": "dask"}), 1)
+    try:
+        assert not started  # nothing starts before a run needs it
+        assert run_on(warm, workfns.square, range(10)).values == [x * x for x in range(10)]
+        assert run_on(warm, workfns.square, range(5)).values == [x * x for x in range(5)]
+        [own] = started  # one cluster for both runs
+        assert own.status.name == "running"
+    finally:
+        warm.close(cancel=False)
+    assert own.status.name == "closed"
+    with pytest.raises(shoal.BrokenBackend, match="closed"):
+        run_on(warm, workfns.square, range(3))
 
 
 # ---------------------------------------------------------------------- example

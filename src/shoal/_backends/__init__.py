@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from shoal._backends._base import Backend, InlineBackend
+from shoal._backends._base import Backend, InlineBackend, WarmWorkers
 
 # name -> "module:Class"; the module is imported on first use only, so that
 # ``import shoal`` never imports multiprocessing, dask or numpy.
@@ -21,6 +21,12 @@ _REGISTRY: dict[str, str] = {
     "asyncio": "shoal._backends._asyncio:AsyncioBackend",
     "processes": "shoal._backends._processes.pool:ProcessBackend",
     "dask": "shoal._backends._dask.backend:DaskBackend",
+}
+
+# name -> "module:Class" of the backend's warm workers (``WarmWorkers``),
+# kept between runs by a ``shoal.Pool``; imported on first use only.
+_WARM_REGISTRY: dict[str, str] = {
+    "dask": "shoal._backends._dask.warm:DaskWorkers",
 }
 
 
@@ -37,4 +43,22 @@ def backend_class(name: str) -> type[Backend]:
     return cls  # type: ignore[no-any-return]
 
 
-__all__ = ["Backend", "InlineBackend", "backend_class"]
+def warm_class(name: str) -> type[WarmWorkers] | None:
+    """The class of warm workers registered for backend ``name``, or None
+    when that backend keeps no workers between runs (each run starts its own).
+
+    Construct it as ``cls(options, workers)``: ``options.initializer`` runs
+    once per worker, ``workers`` is the default of each run's.
+
+    Raises:
+        BackendUnavailable: the backend's optional dependency is missing.
+    """
+    spec = _WARM_REGISTRY.get(name)
+    if spec is None:
+        return None
+    module_name, _, cls_name = spec.partition(":")
+    cls: Any = getattr(importlib.import_module(module_name), cls_name)
+    return cls  # type: ignore[no-any-return]
+
+
+__all__ = ["Backend", "InlineBackend", "WarmWorkers", "backend_class", "warm_class"]

@@ -92,6 +92,7 @@ from shoal._core.errors import (
 from shoal._core.options import Options
 
 if TYPE_CHECKING:
+    from shoal._backends._dask.warm import DaskWorkers
     from shoal._core.engine import Engine, Task
 
 #: seconds to wait for a first worker to join (workers may be restarting)
@@ -114,9 +115,11 @@ class DaskBackend(Backend):
 
     traits = TRAITS
 
-    def __init__(self, fn: Callable[[Any], Any], options: Options, workers: int) -> None:
+    def __init__(self, fn: Callable[[Any], Any], options: Options, workers: int,
+                 warm: DaskWorkers | None = None) -> None:
         super().__init__(fn, options, workers)
         self._distributed = import_distributed()
+        self._warm = warm
         settings = read_backend_options(options)
         self._given_client: Any = settings["client"]
         self._cluster_kwargs: Mapping[str, Any] = settings["cluster_kwargs"]
@@ -124,11 +127,16 @@ class DaskBackend(Backend):
         # Looked up here, on the caller's thread: a client made current with
         # as_current() is current only in the caller's context, and the
         # caller's frames show whether a script guards its top-level code.
-        self._current: Any = (current_client(self._distributed)
-                              if options.address and self._given_client is None else None)
-        check_main_guard(self._distributed, options, self._given_client, self._cluster_kwargs)
+        self._current: Any = None
+        if warm is None:
+            self._current = (current_client(self._distributed)
+                             if options.address and self._given_client is None else None)
+            check_main_guard(self._distributed, options, self._given_client,
+                             self._cluster_kwargs)
         token = uuid.uuid4().hex[:12]
-        self._job = Pickled(pickle_job(fn, options.initializer, options.initargs, token), token)
+        initializer = (options.initializer, options.initargs, token) if warm is None else (
+            warm.initializer, warm.initargs, warm.token)
+        self._job = Pickled(pickle_job(fn, *initializer), token)
         label = re.sub(r"\W+", "_", getattr(fn, "__name__", type(fn).__name__)).strip("_")
         self._key_prefix = f"shoal-{label or 'fn'}-{token}"  # Dask's dashboard groups by it
         self._closing = False
@@ -189,9 +197,12 @@ class DaskBackend(Backend):
         Raises:
             BrokenBackend: the scheduler cannot be reached or has no workers.
         """
-        self._connection = connect(self._distributed, self.options.address,
-                                   self._given_client, self._current, self.workers,
-                                   self._cluster_kwargs)
+        if self._warm is not None:
+            self._connection = self._warm.connection()
+        else:
+            self._connection = connect(self._distributed, self.options.address,
+                                       self._given_client, self._current, self.workers,
+                                       self._cluster_kwargs)
         self._client = self._connection.client
         threads = wait_for_threads(self._client, WORKERS_TIMEOUT)
         self.workers = threads  # reported in the BatchReport
@@ -491,7 +502,7 @@ class DaskBackend(Backend):
         """Let go of what is left and close what shoal opened."""
         connection = self._connection
         self._flight.clear()
-        if connection is not None:
+        if connection is not None and self._warm is None:
             self.closer = connection.close()
         if self._collector is not None:
             # A fetch under way ends as the client closes; a caller's client
