@@ -11,6 +11,7 @@ import enum
 import importlib
 import math
 import os
+import pickle
 import subprocess
 import sys
 import threading
@@ -481,6 +482,19 @@ def test_builtin_values_travel_marshalled_and_others_pickled_with_their_types() 
     mixed = [*range(99), Color.RED]  # an int subclass: marshal would lose it
     back = unpack(_pack(Reply(list(mixed), None, 0.1, "w")).blob).values
     assert back == mixed and type(back[-1]) is Color
+
+
+def test_where_no_child_can_be_watched_isolated_items_run_in_the_worker_one_by_one() -> None:
+    from shoal._backends._dask import quarantine
+    from shoal._backends._dask.worker import Pickled, dumps
+
+    job = Pickled(_settings.pickle_job(same, None, (), "t"), "t-job")
+    blobs = [dumps(1), dumps(OnlyIn(os.getpid() + 1)), dumps("three")]
+    reply = quarantine.run_here(job, blobs, "w")
+    assert reply.started and reply.exitcode is None and reply.init_error is None
+    outcomes = [pickle.loads(blob) for blob in reply.outcomes]
+    assert [value for value, _, _ in outcomes] == [1, None, "three"]
+    assert [type(error) for _, error, _ in outcomes] == [type(None), NotPicklable, type(None)]
 
 
 class FakeClient:

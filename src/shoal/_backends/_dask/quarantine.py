@@ -105,6 +105,8 @@ def run_isolated(job: Any, items: Any, timeout: float | None = None) -> Any:
     worker = get_worker()
     key = getattr(thread_state, "key", None)
     blobs: list[bytes] = pickle.loads(items.blob)
+    if os.name != "posix":  # no process groups, no select on pipes: run them here
+        return Pickled(wire.dumps(run_here(job, blobs, worker.address)))
     reply = IsolatedReply([], False, None, worker.address)
     read_end, write_end = os.pipe()
     try:
@@ -138,6 +140,41 @@ def run_isolated(job: Any, items: Any, timeout: float | None = None) -> Any:
             _kill(child)
         os.close(read_end)
     return Pickled(wire.dumps(reply))
+
+
+def run_here(job: Any, blobs: list[bytes], worker: str) -> IsolatedReply:
+    """The items run by this worker itself, in turn (where no child can be
+    watched): a death then loses the worker, and the engine fails the item."""
+    from shoal._backends._dask.worker import load_job
+    from shoal._core.calling import sync_caller
+
+    reply = IsolatedReply([], True, None, worker)
+    try:
+        call = sync_caller(load_job(job)[0])
+    except BaseException as exc:  # the initializer failed: the run must stop
+        reply.init_error = CarriedError(exc)
+        return reply
+    for blob in blobs:
+        reply.outcomes.append(_run_one(call, blob, worker))
+    return reply
+
+
+def _run_one(call: Callable[[Any], Any], blob: bytes, worker: str) -> bytes:
+    """One item, unpickled and run on its own; its outcome, pickled."""
+    from shoal._core.calling import run_chunk
+
+    began = time.perf_counter()
+    try:
+        item = pickle.loads(blob)
+    except Exception as exc:
+        error: BaseException | None = NotPicklable(
+            f"the item cannot be unpickled on the Dask worker: {type(exc).__name__}: {exc}")
+        value = None
+    else:
+        outcome = run_chunk(call, [item], worker)
+        value = outcome.values[0]
+        error = outcome.errors[0] if outcome.errors else None
+    return _outcome(value, error, time.perf_counter() - began)
 
 
 def _frames(fd: int, deadline: float | None,
@@ -214,7 +251,7 @@ def _outcome(value: Any, error: BaseException | None, seconds: float) -> bytes:
 
 
 def _child(out: int, parent: int) -> None:
-    from shoal._core.calling import run_chunk, sync_caller
+    from shoal._core.calling import sync_caller
 
     _die_with_parent(parent)
     path, job, items = pickle.loads(sys.stdin.buffer.read())
@@ -233,18 +270,7 @@ def _child(out: int, parent: int) -> None:
     call = sync_caller(fn)
     label = f"isolated pid {os.getpid()}"
     for blob in items:
-        began = time.perf_counter()
-        try:
-            item = pickle.loads(blob)
-        except Exception as exc:
-            error: BaseException | None = NotPicklable(
-                f"the item cannot be unpickled on the Dask worker: {type(exc).__name__}: {exc}")
-            value = None
-        else:
-            outcome = run_chunk(call, [item], label)
-            value = outcome.values[0]
-            error = outcome.errors[0] if outcome.errors else None
-        _send(out, OUTCOME, _outcome(value, error, time.perf_counter() - began))
+        _send(out, OUTCOME, _run_one(call, blob, label))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ unpickles it on shoal's collector thread instead, and a value that cannot be
 pickled fails its item alone.
 
 ``fn`` travels inside every task but is unpickled once per worker process
-(``_load_job``, cached by the run's token). A scattered copy would tie every
+(``load_job``, cached by the run's token). A scattered copy would tie every
 task to the workers holding it (Dask places tasks next to their data) and be
 lost for good when those workers died.
 
@@ -96,7 +96,7 @@ _jobs: OrderedDict[str, tuple[Any, ...]] = OrderedDict()
 _initialized: set[str] = set()
 
 
-def _load_job(job: Pickled) -> tuple[Any, ...]:
+def load_job(job: Pickled) -> tuple[Any, ...]:
     with _worker_lock:
         loaded = _jobs.get(job.token)
         if loaded is None:
@@ -176,7 +176,7 @@ def run_part(job: Pickled, chunk: Pickled, budget: float | None = None,
 
     worker = get_worker().address
     try:
-        fn = _load_job(job)[0]
+        fn = load_job(job)[0]
     except BaseException as exc:  # the initializer failed: the run must stop
         return _pack(Reply([], None, 0.0, worker, CarriedError(exc)))
     try:
