@@ -192,7 +192,7 @@ def test_a_worker_death_fails_only_the_item_that_causes_it(
     [failure] = report.failures
     assert failure.index == 17
     assert isinstance(failure.error, WorkerCrashed) and failure.error.exitcode == exitcode
-    assert "item 17" in str(failure.error) and "ran alone" not in str(failure.error)
+    assert "item 17" in str(failure.error) and "Dask worker tcp://127.0.0.1:" in str(failure.error)
     assert report.values == [x for x in range(60) if x != 17]
     assert all(r.attempts == 1 for r in report.results)
 

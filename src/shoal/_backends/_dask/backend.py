@@ -85,11 +85,11 @@ from shoal._core.engine import Wait, Work
 from shoal._core.errors import (
     BrokenBackend,
     NotPicklable,
-    RemoteTraceback,
     ShoalError,
     WorkerCrashed,
 )
 from shoal._core.options import Options
+from shoal._core.wire import _rebuild as attach_remote_traceback  # one way to attach it
 
 if TYPE_CHECKING:
     from shoal._backends._dask.warm import DaskWorkers
@@ -401,7 +401,7 @@ class DaskBackend(Backend):
         else:
             # The task cannot run on the cluster at all (run_part does not
             # import there, ...): each of its items fails with that error.
-            failure = _restore(exc, _format_tb(part.future))
+            failure = attach_remote_traceback(exc, _format_tb(part.future))
             self._flight.report(part, Outcome([None] * part.count,
                                               dict.fromkeys(range(part.count), failure), 0.0, ""))
 
@@ -459,7 +459,7 @@ class DaskBackend(Backend):
         if lost:
             self._check_connection(exc)
         elif not isinstance(exc, _Undecodable):  # it cannot run there at all (see _failed)
-            failure = _restore(exc, _format_tb(part.future))
+            failure = attach_remote_traceback(exc, _format_tb(part.future))
             for record in part.records:
                 self._flight.finish(record, Outcome([None], {0: failure}, 0.0, ""))
             return
@@ -537,15 +537,6 @@ def _isolated_outcome(blob: bytes, worker: str) -> Outcome:
         error = NotPicklable(f"the result could not be unpickled in the driver: "
                              f"{type(exc).__name__}: {exc}")
     return Outcome([value], None if error is None else {0: error}, seconds, worker)
-
-
-def _restore(exc: BaseException, tb: str) -> BaseException:
-    if tb:
-        # The worker frames are in the cause; a copy Dask may have rebuilt on
-        # the exception itself would only print them twice.
-        exc.__cause__ = RemoteTraceback(tb)
-        exc.__traceback__ = None
-    return exc
 
 
 def _format_tb(future: Any) -> str:
