@@ -607,6 +607,24 @@ def test_a_client_serves_a_run_only_if_it_is_running_blocking_and_on_that_schedu
     assert not _dask_client.same_scheduler(d, None, "tcp://127.0.0.1:8786")
 
 
+def test_the_main_guard_is_checked_only_where_workers_would_import_the_script(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import dask
+
+    monkeypatch.setattr(_settings, "unguarded_main_call", lambda: "job.py:7")
+    own = Options.from_kwargs("collect_errors", {"backend": "dask"})
+    with pytest.raises(shoal.BrokenBackend, match=r'\(job.py:7\); put that code under '
+                                                  r'`if __name__ == "__main__":`'):
+        _settings.check_main_guard(own, None, {})
+    _settings.check_main_guard(own, None, {"processes": False})  # threads: nothing imports it
+    _settings.check_main_guard(own, object(), {})  # the caller's client: no cluster to start
+    address = Options.from_kwargs("collect_errors", {"backend": "dask", "address": "tcp://h:1"})
+    _settings.check_main_guard(address, None, {})
+    with dask.config.set({"distributed.worker.multiprocessing-method": "fork"}):
+        _settings.check_main_guard(own, None, {})  # forked workers do not import it
+
+
 def test_missing_distributed_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "distributed", None)
     with pytest.raises(BackendUnavailable, match=r'pip install "shoal\[dask\]"'):

@@ -131,7 +131,7 @@ class DaskBackend(Backend):
         if warm is None:
             self._current = (current_client(self._distributed)
                              if options.address and self._given_client is None else None)
-            check_main_guard(self._distributed, options, self._given_client,
+            check_main_guard(options, self._given_client,
                              self._cluster_kwargs)
         token = uuid.uuid4().hex[:12]
         initializer = (options.initializer, options.initargs, token) if warm is None else (

@@ -75,8 +75,7 @@ def read_backend_options(options: Options) -> dict[str, Any]:
             "tasks_per_thread": per_thread}
 
 
-def check_main_guard(distributed: Any, options: Options, client: Any,
-                     cluster_kwargs: Mapping[str, Any]) -> None:
+def check_main_guard(options: Options, client: Any, cluster_kwargs: Mapping[str, Any]) -> None:
     """Refuse to start a LocalCluster that would re-run the calling script.
 
     Raises:
@@ -84,7 +83,9 @@ def check_main_guard(distributed: Any, options: Options, client: Any,
     """
     if options.address or client is not None or not cluster_kwargs.get("processes", True):
         return
-    if distributed.config.get("distributed.worker.multiprocessing-method") == "fork":
+    import dask.config
+
+    if dask.config.get("distributed.worker.multiprocessing-method", "spawn") == "fork":
         return  # forked workers do not import the script
     where = unguarded_main_call()
     if where is not None:

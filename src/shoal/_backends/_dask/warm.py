@@ -60,7 +60,7 @@ class DaskWorkers(WarmWorkers):
         # On the caller's thread, as DaskBackend does (see there).
         self._current: Any = (current_client(self._distributed)
                               if options.address and self._given is None else None)
-        check_main_guard(self._distributed, options, self._given, self._cluster_kwargs)
+        check_main_guard(options, self._given, self._cluster_kwargs)
         # _lock guards _connection and _closed: runs connect on their feeder threads.
         self._lock = threading.Lock()
         self._connection: Connection | None = None

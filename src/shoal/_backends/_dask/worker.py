@@ -97,6 +97,12 @@ _initialized: set[str] = set()
 
 
 def load_job(job: Pickled) -> tuple[Any, ...]:
+    """The run's (fn, initializer, initargs, init_token), unpickled once per
+    process; the initializer run once per process for its token.
+
+    Raises:
+        BaseException: what unpickling the job or the initializer raised.
+    """
     with _worker_lock:
         loaded = _jobs.get(job.token)
         if loaded is None:
