@@ -131,6 +131,8 @@ class Collector:
 
 def future_error(future: Any) -> BaseException:
     """The exception of an erred or cancelled future."""
+    if future.status == "cancelled":  # let go of, most often: ask nobody (the client may be closed)
+        return CancelledError(f"Dask future {future.key} was cancelled")
     try:
         exc = future.exception(timeout=GATHER_TIMEOUT)
     except (CancelledError, AsyncioCancelledError) as cancelled:
