@@ -1,9 +1,8 @@
-"""The Dask backend on a real two-worker LocalCluster (loopback, started here).
-
-The cluster has one thread per worker and ``allowed-failures=0``, so a worker
-that dies fails its task at once (``KilledWorker``) instead of after three
-deaths. Items that must wait are held by a ``distributed.Event`` the test sets,
-never by a sleep.
+"""The Dask backend on the session's LocalCluster (conftest: two workers of two
+threads, loopback), and its pure parts: chunk sizes, transport, client choice,
+warm workers. Tests that kill workers are in test_dask_faults.py, on a cluster
+of their own. Items that must wait are held by a ``distributed.Event`` the test
+sets, never by a sleep.
 """
 
 from __future__ import annotations
@@ -12,12 +11,12 @@ import enum
 import importlib
 import math
 import os
+import pickle
 import subprocess
 import sys
 import threading
 import time
 import uuid
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,16 +27,19 @@ import pytest
 import shoal
 import workfns
 from shoal import RetryPolicy
+from shoal._backends import warm_class
 from shoal._backends._dask import backend as _dask
 from shoal._backends._dask import client as _dask_client
+from shoal._backends._dask import settings as _settings
+from shoal._core import planner
 from shoal._core.errors import (
     BackendUnavailable,
     InvalidOptionError,
     NotPicklable,
     RemoteTraceback,
-    WorkerCrashed,
 )
-from shoal._policies import dask_chunks as _dask_chunks
+from shoal._core.options import Options
+from shoal._policies.chunking import ChunkPolicy
 
 # Dask workers cannot import the tests folder: send this module's functions by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -52,35 +54,25 @@ def dist() -> Any:
     return pytest.importorskip("distributed")
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Any]:
-    distributed = dist()
-    import dask
-
-    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
-            warnings.catch_warnings():
-        # Without a dashboard the port does not matter: do not warn that
-        # another cluster on this machine holds 8787.
-        warnings.filterwarnings("ignore", "Port 8787 is already in use")
-        local = distributed.LocalCluster(
-            n_workers=2, processes=True, threads_per_worker=1, host="127.0.0.1",
-            dashboard_address=None, silence_logs=50,
-        )
-    try:
-        yield local
-    finally:
-        local.close()
+@pytest.fixture
+def cluster(dask_cluster: Any) -> Any:
+    return dask_cluster
 
 
 @pytest.fixture(scope="module")
-def client(cluster: Any) -> Iterator[Any]:
-    with dist().Client(cluster, set_as_default=False) as c:
+def client(dask_cluster: Any) -> Iterator[Any]:
+    with dist().Client(dask_cluster, set_as_default=False) as c:
         yield c
 
 
 @pytest.fixture
 def opts(cluster: Any) -> dict[str, Any]:
     return {"backend": "dask", "address": cluster.scheduler_address}
+
+
+
+def threads_of(cluster: Any) -> int:
+    return sum(w["nthreads"] for w in cluster.scheduler_info["workers"].values())
 
 
 # --------------------------------------------------------------- item functions
@@ -96,21 +88,6 @@ def wait_for_event(arg: tuple[str, Any]) -> Any:
     if x == "wait":
         distributed: Any = importlib.import_module("distributed")  # on the worker; untyped
         distributed.Event(name).wait(timeout=30)
-    return x
-
-
-def die_on_5(x: int) -> int:
-    if x == 5:
-        os._exit(1)  # the worker process dies, as on a segfault or OOM kill
-    return x
-
-
-def die_once_on_5(arg: tuple[str, int]) -> int:
-    folder, x = arg
-    marker = Path(folder) / "died"
-    if x == 5 and not marker.exists():
-        marker.write_text("1")
-        os._exit(1)
     return x
 
 
@@ -139,7 +116,7 @@ def test_map_keeps_input_order(opts: dict[str, Any]) -> None:
 
 
 def test_tiny_items_are_chunked_and_stay_in_order(
-    opts: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
+    opts: dict[str, Any], cluster: Any, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     tasks: list[int] = []
     submit = _dask.DaskBackend._submit
@@ -152,8 +129,9 @@ def test_tiny_items_are_chunked_and_stay_in_order(
     n = 30_000
     report = shoal.run(workfns.square, range(n), **opts)
     assert report.values == [x * x for x in range(n)]
-    probe = _dask_chunks.PROBE_ITEMS
-    assert tasks[:2] == [probe, probe]  # one probe per worker thread, run in full
+    threads = threads_of(cluster)
+    probe = _settings.PROBE_ITEMS
+    assert tasks[:threads] == [probe] * threads  # one probe per worker thread, run in full
     assert sum(tasks) == n and len(tasks) < 30  # then chunks grew
     assert all(r.worker.startswith("tcp://127.0.0.1:") for r in report.results)
 
@@ -167,22 +145,24 @@ def slow_once(arg: tuple[str, int]) -> int:
 
 
 def test_a_probe_stops_at_its_budget_and_the_rest_runs_once_in_order(
-    opts: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    opts: dict[str, Any], cluster: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
 ) -> None:
     replies: list[tuple[int, int]] = []
     received = _dask.DaskBackend._received
 
-    def recording(self: Any, part: Any, reply: Any) -> None:
+    def recording(self: Any, part: Any, reply: Any, nbytes: int) -> None:
         replies.append((part.count, len(reply.values)))
-        received(self, part, reply)
+        received(self, part, reply, nbytes)
 
     monkeypatch.setattr(_dask.DaskBackend, "_received", recording)
-    items = [(str(tmp_path), x) for x in range(40)]
+    items = [(str(tmp_path), x) for x in range(80)]
     report = shoal.run(slow_once, items, **opts)
-    assert report.values == list(range(40)) and not report.failures
-    share = 40 // (_dask_chunks.TASKS_PER_THREAD * 2)
+    assert report.values == list(range(80)) and not report.failures
+    params = _settings.TRAITS.chunking
+    assert params is not None
+    share = 80 // (params.chunks_per_worker * threads_of(cluster))
     assert (share, 1) in replies  # a probe of several items came back after its first
-    assert sum(ran for _, ran in replies) == 40
+    assert sum(ran for _, ran in replies) == 80
 
 
 def return_lock_on_3(x: int) -> Any:
@@ -193,6 +173,88 @@ def test_a_value_that_cannot_be_pickled_fails_its_item_alone(opts: dict[str, Any
     report = shoal.run(return_lock_on_3, range(6), chunk_size=3, **opts)
     assert [r.index for r in report.failures] == [3]
     assert isinstance(report.failures[0].error, NotPicklable)
+    assert report.values == [0, 1, 2, 4, 5]
+
+
+def test_an_item_that_cannot_be_pickled_fails_alone(opts: dict[str, Any]) -> None:
+    items: list[Any] = [0, 1, threading.Lock(), 3, 4]
+    report = shoal.run(same, items, chunk_size=5, **opts)
+    assert [r.index for r in report.failures] == [2]
+    assert isinstance(report.failures[0].error, NotPicklable)
+    assert report.values == [0, 1, 3, 4]
+
+
+class LockedError(Exception):
+    """An exception that cannot be pickled (it holds a lock)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.lock = threading.Lock()
+
+
+def raise_locked_on_1(x: int) -> int:
+    if x == 1:
+        raise LockedError("cannot travel")
+    return x
+
+
+@pytest.mark.parametrize("backend", ["processes", "dask"])
+def test_an_exception_that_cannot_be_pickled_arrives_as_remote_error(
+    backend: str, cluster: Any,
+) -> None:
+    address = {"address": cluster.scheduler_address} if backend == "dask" else {}
+    report = shoal.run(raise_locked_on_1, range(3), backend=backend, workers=2, **address)
+    [failure] = report.failures
+    error = failure.error
+    assert isinstance(error, shoal.RemoteError)  # the one type, on every backend
+    assert error.type_name.endswith("LockedError") and "cannot travel" in error.message
+    assert "raise_locked_on_1" in error.traceback
+    assert report.values == [0, 2]
+
+
+def _only_in(pid: int) -> str:
+    if os.getpid() != pid:
+        raise RuntimeError(f"this object unpickles only in process {pid}")
+    return f"rebuilt in {pid}"
+
+
+class OnlyIn:
+    """Pickles anywhere, unpickles only in process ``pid``."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _only_in, (self.pid,)
+
+
+def value_that_unpickles_only_here_on_3(x: int) -> Any:
+    return OnlyIn(os.getpid()) if x == 3 else x
+
+
+def same(x: Any) -> Any:
+    return x
+
+
+def test_a_value_that_cannot_be_unpickled_in_the_driver_fails_its_item_alone(
+    opts: dict[str, Any],
+) -> None:
+    report = shoal.run(value_that_unpickles_only_here_on_3, range(6), chunk_size=3, **opts)
+    assert [r.index for r in report.failures] == [3]
+    assert isinstance(report.failures[0].error, NotPicklable)
+    assert "unpickled in the driver" in str(report.failures[0].error)
+    assert report.values == [0, 1, 2, 4, 5]
+    assert all(r.attempts == 1 for r in report.results)  # its chunk ran again, uncounted
+
+
+def test_an_item_that_cannot_be_unpickled_on_the_worker_fails_alone(
+    opts: dict[str, Any],
+) -> None:
+    items: list[Any] = [0, 1, 2, OnlyIn(os.getpid()), 4, 5]  # unpickles only in the driver
+    report = shoal.run(same, items, chunk_size=3, **opts)
+    assert [r.index for r in report.failures] == [3]
+    assert isinstance(report.failures[0].error, NotPicklable)
+    assert "unpickled on the Dask worker" in str(report.failures[0].error)
     assert report.values == [0, 1, 2, 4, 5]
 
 
@@ -305,75 +367,88 @@ def test_failing_initializer_stops_the_run(opts: dict[str, Any]) -> None:
 
 
 # ------------------------------------------------------------ chunk sizes
-def plan_run(plan: _dask_chunks.ChunkPlan, total: int, per_item: float) -> list[int]:
-    """Items each task of a run of ``total`` runs, each item taking ``per_item`` s.
+def dask_policy(threads: int, total: int | None, **kw: Any) -> ChunkPolicy:
+    """The chunk policy a run plans for a cluster of ``threads``, started at the probe's size."""
+    plan = planner.plan(Options.from_kwargs("collect_errors", kw), _settings.TRAITS, total,
+                        threads)
+    plan.chunks.size = _settings.probe_size(plan.chunks, total, threads)
+    return plan.chunks
 
-    A probe runs as the worker does: the first item, then more while its
-    budget lasts; the items it did not reach count as not yet pulled.
-    """
+
+def policy_run(policy: ChunkPolicy, total: int, per_item: float,
+               item_bytes: float = 5.0) -> list[int]:
+    """Items each task of a run of ``total`` runs, each item taking ``per_item`` s,
+    as the engine feeds the policy. First one probe per thread, all sent
+    before any reply, each run as the worker runs it: the first item, then
+    more while its budget lasts (the items it did not reach count as not yet
+    pulled); then chunks of the size the policy gives."""
     sizes: list[int] = []
     pulled = 0
+    for _ in range(policy.workers):
+        budgeted = max(1, math.ceil(_settings.PROBE_SECONDS / per_item))
+        sizes.append(min(policy.size, budgeted, total - pulled))
+        pulled += sizes[-1]
+    for size in sizes:
+        policy.observe(size, size * per_item + 2e-6, pulled, item_bytes)  # a few us per task
     while pulled < total:
-        size = min(plan.size(pulled), total - pulled)
-        budget = plan.budget()
-        if budget is not None:
-            size = min(size, max(1, math.ceil(budget / per_item)))
+        size = min(policy.size, total - pulled)
         sizes.append(size)
         pulled += size
-        plan.pickled(size, 5 * size)
-        plan.took(size, size * per_item + 2e-6)  # a few us of fixed cost per task
+        policy.observe(size, size * per_item + 2e-6, pulled, item_bytes)
     return sizes
 
 
-def test_chunk_plan_probes_with_a_time_boxed_task_per_thread() -> None:
-    plan = _dask_chunks.ChunkPlan(threads=2, total=1000)
-    assert plan.size(0) == _dask_chunks.PROBE_ITEMS and plan.probing and not plan.measured
-    assert plan.budget() == _dask_chunks.PROBE_SECONDS
-    plan.took(1, 0.5)  # the probe ran one item of half a second: no point in chunking
-    assert not plan.probing and plan.size(1) == 1 and plan.budget() is None
+def test_probes_are_time_boxed_tasks_of_a_share_of_a_short_input() -> None:
+    assert dask_policy(2, 1000).size == _settings.PROBE_ITEMS
+    assert dask_policy(2, 10).size == 1
+    assert dask_policy(2, 100).size == 12  # 100 / (4 chunks x 2 threads)
+    assert dask_policy(2, None).size == _settings.PROBE_ITEMS
+    assert dask_policy(2, 1000, rate=(100, 5)).size == 5  # within the rate's burst
+    assert not dask_policy(2, 1000, timeout=1).adaptive  # a timeout: one item per task
+    policy = dask_policy(2, 1000)
+    policy.observe(1, 0.5, pulled=2)  # the probe ran one item of half a second
+    assert policy.size == 1  # no point in chunking
 
 
-def test_chunk_plan_probes_of_a_short_input_hold_a_share_of_it() -> None:
-    assert _dask_chunks.ChunkPlan(threads=2, total=10).size(0) == 1
-    assert _dask_chunks.ChunkPlan(threads=2, total=100).size(0) == 12
-    assert _dask_chunks.ChunkPlan(threads=2, total=None).size(0) == _dask_chunks.PROBE_ITEMS
+def test_tiny_items_pay_the_per_task_cost_a_handful_of_times() -> None:
+    sizes = policy_run(dask_policy(2, 1_000_000), 1_000_000, 60e-9)
+    assert sizes[:2] == [_settings.PROBE_ITEMS] * 2  # one probe per thread
+    assert sizes[2:] == sorted(sizes[2:], reverse=True)  # cut from what remains: never growing
+    assert max(sizes) == 250_000 and len(sizes) <= 6  # 500,000 items shared by two threads
 
 
-def test_chunk_plan_cuts_tiny_items_into_equal_tasks_per_thread() -> None:
-    sizes = plan_run(_dask_chunks.ChunkPlan(threads=2, total=1_000_000), 1_000_000, 60e-9)
-    assert sizes[0] == _dask_chunks.PROBE_ITEMS and len(sizes) < 12
-    probe = sizes.index(max(sizes))
-    rest = sizes[probe:]
-    assert len(rest) % 2 == 0 and max(rest) - min(rest) <= 1  # the threads finish together
-    # tasks at least MIN_TASK_SECONDS / 2 long, or as few as MAX_AUTO_CHUNK allows
-    fewest = math.ceil(sum(rest) / _dask_chunks.MAX_AUTO_CHUNK)
-    assert min(rest) * 60e-9 >= _dask_chunks.MIN_TASK_SECONDS / 2 or len(rest) == fewest
+def test_the_last_chunks_are_short_so_the_threads_finish_together() -> None:
+    for total, per_item in [(400, 0.005), (1000, 0.001), (20_000, 1e-4)]:
+        sizes = policy_run(dask_policy(2, total), total, per_item)
+        assert sizes[2:] == sorted(sizes[2:], reverse=True)
+        tail = sizes[-2:]  # one per thread, at the end
+        assert max(tail) * per_item <= 0.06  # about min_seconds: little to wait for
 
 
-def test_chunk_plan_keeps_long_items_near_the_target_time() -> None:
-    sizes = plan_run(_dask_chunks.ChunkPlan(threads=2, total=400), 400, 0.005)
-    assert sizes[0] == 1 and max(sizes) * 0.005 <= _dask_chunks.TARGET_TASK_SECONDS + 1e-9
+def test_long_items_stay_near_the_target_time() -> None:
+    sizes = policy_run(dask_policy(2, 400), 400, 0.005)
+    assert sizes[0] == 1 and max(sizes) * 0.005 <= 0.1 + 1e-9
     assert len(sizes) >= 4 * 2  # several tasks per thread, so they balance
 
 
-def test_chunk_plan_without_a_length_and_with_big_items() -> None:
-    sizes = plan_run(_dask_chunks.ChunkPlan(threads=2, total=None), 2_000_000, 10e-9)
-    assert max(sizes) == _dask_chunks.MAX_AUTO_CHUNK
-    plan = _dask_chunks.ChunkPlan(threads=2, total=None)
-    plan.took(1000, 1e-4)
-    plan.pickled(1000, 10_000_000)  # 10 kB per item
-    assert plan.size(0) == _dask_chunks.MAX_TASK_BYTES // 10_000
+def test_without_a_length_chunks_compute_for_the_target_time_within_the_caps() -> None:
+    sizes = policy_run(dask_policy(2, None), 2_000_000, 10e-9)
+    assert max(sizes) == 250_000
+    sizes = policy_run(dask_policy(2, None), 20_000, 1e-6, item_bytes=10_000)
+    assert max(sizes) == 4_000_000 // 10_000  # 10 kB per item: 4 MB of pickle
 
 
-def test_chunk_plan_recuts_when_item_time_drifts() -> None:
-    plan = _dask_chunks.ChunkPlan(threads=1, total=None)
-    plan.took(1000, 0.01)
-    before = plan.size(0)
-    plan.took(1000, 0.01 * 1.2)
-    assert plan.size(0) == before  # small drift: the same cut
+def test_chunks_are_cut_again_when_item_time_drifts() -> None:
+    policy = dask_policy(1, None)
     for _ in range(3):
-        plan.took(1000, 0.1)
-    assert plan.size(0) < before / 4
+        policy.observe(1000, 0.01, pulled=0)
+    before = policy.size
+    assert before == 10_000  # 0.1 s of 10 us items
+    policy.observe(1000, 0.01 * 1.1, pulled=0)
+    assert policy.size == before  # small drift: the same cut
+    for _ in range(3):
+        policy.observe(1000, 0.1, pulled=0)
+    assert policy.size < before / 4
 
 
 # ------------------------------------------------------------ transport
@@ -409,6 +484,19 @@ def test_builtin_values_travel_marshalled_and_others_pickled_with_their_types() 
     assert back == mixed and type(back[-1]) is Color
 
 
+def test_where_no_child_can_be_watched_isolated_items_run_in_the_worker_one_by_one() -> None:
+    from shoal._backends._dask import quarantine
+    from shoal._backends._dask.worker import Pickled, dumps
+
+    job = Pickled(_settings.pickle_job(same, None, (), "t"), "t-job")
+    blobs = [dumps(1), dumps(OnlyIn(os.getpid() + 1)), dumps("three")]
+    reply = quarantine.run_here(job, blobs, "w")
+    assert reply.started and reply.exitcode is None and reply.init_error is None
+    outcomes = [pickle.loads(blob) for blob in reply.outcomes]
+    assert [value for value, _, _ in outcomes] == [1, None, "three"]
+    assert [type(error) for _, error, _ in outcomes] == [type(None), NotPicklable, type(None)]
+
+
 class FakeClient:
     def __init__(self, address: str, direct: bool | None = None) -> None:
         self.direct_to_workers = direct
@@ -429,26 +517,6 @@ def test_results_come_straight_from_workers_only_when_they_are_reachable(
     address: str, own: bool, direct: bool | None, expected: bool | None,
 ) -> None:
     assert _dask_client.gather_direct(FakeClient(address, direct), own) is expected
-
-
-# ------------------------------------------------------------- worker crashes
-def test_a_killed_worker_costs_only_its_item(opts: dict[str, Any]) -> None:
-    # One task per worker thread: nothing waits on the worker item 5 kills.
-    report = shoal.run(die_on_5, range(12), chunk_size=1,
-                       backend_options={"tasks_per_thread": 1}, **opts)
-    assert [r.index for r in report.failures] == [5]
-    assert isinstance(report.failures[0].error, WorkerCrashed)
-    assert report.values == [x for x in range(12) if x != 5]
-
-
-def test_a_lost_chunk_is_rerun_item_by_item(opts: dict[str, Any], tmp_path: Path) -> None:
-    # Item 5 kills its worker once. Every chunk lost with that worker is split
-    # and its items run again one by one, without using up a retry.
-    items = [(str(tmp_path), x) for x in range(16)]
-    report = shoal.run(die_once_on_5, items, chunk_size=4, **opts)
-    assert report.values == list(range(16))
-    assert (tmp_path / "died").exists()
-    assert all(r.attempts == 1 for r in report.results)
 
 
 # ------------------------------------------------------ own cluster and errors
@@ -473,6 +541,8 @@ def test_without_address_starts_and_stops_its_own_cluster(
     assert report.values == [x * x for x in range(10)]
     kwargs, own = started
     assert kwargs["n_workers"] == 1 and kwargs["host"] == "127.0.0.1"
+    # A worker's death reaches shoal at once: shoal, not Dask, runs its items again.
+    assert kwargs["scheduler_kwargs"] == {"allowed_failures": 0}
     assert own.status.name == "closed"
     assert report.workers == 1
     assert threading.active_count() >= 1
@@ -537,6 +607,24 @@ def test_a_client_serves_a_run_only_if_it_is_running_blocking_and_on_that_schedu
     assert not _dask_client.same_scheduler(d, None, "tcp://127.0.0.1:8786")
 
 
+def test_the_main_guard_is_checked_only_where_workers_would_import_the_script(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import dask
+
+    monkeypatch.setattr(_settings, "unguarded_main_call", lambda: "job.py:7")
+    own = Options.from_kwargs("collect_errors", {"backend": "dask"})
+    with pytest.raises(shoal.BrokenBackend, match=r'\(job.py:7\); put that code under '
+                                                  r'`if __name__ == "__main__":`'):
+        _settings.check_main_guard(own, None, {})
+    _settings.check_main_guard(own, None, {"processes": False})  # threads: nothing imports it
+    _settings.check_main_guard(own, object(), {})  # the caller's client: no cluster to start
+    address = Options.from_kwargs("collect_errors", {"backend": "dask", "address": "tcp://h:1"})
+    _settings.check_main_guard(address, None, {})
+    with dask.config.set({"distributed.worker.multiprocessing-method": "fork"}):
+        _settings.check_main_guard(own, None, {})  # forked workers do not import it
+
+
 def test_missing_distributed_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "distributed", None)
     with pytest.raises(BackendUnavailable, match=r'pip install "shoal\[dask\]"'):
@@ -562,6 +650,79 @@ def test_unreachable_scheduler_is_a_clear_error() -> None:
         shoal.map(workfns.square, [1], backend="dask", address="tcp://127.0.0.1:1")
 
 
+# ------------------------------------------------------------ warm workers
+def run_on(warm: Any, fn: Any, items: Any, **kw: Any) -> shoal.BatchReport[Any]:
+    """``shoal.run`` on warm workers, as a ``shoal.Pool`` runs it."""
+    from shoal._core.consumer import segments
+    from shoal._core.run import Run
+
+    batch = Run(fn, items, Options.from_kwargs("collect_errors", {"backend": "dask", **kw}),
+                warm=lambda name: warm if name == "dask" else None)
+    for segs in segments(batch):
+        batch.deliver(segs, keep=True)
+    report = batch.report()
+    batch.close(report)
+    return report
+
+
+def write_init_marker_once(folder: str) -> None:
+    Path(folder, f"init-{os.getpid()}-{uuid.uuid4().hex}").write_text("1")
+
+
+def test_warm_workers_keep_one_client_and_initialize_each_worker_once(
+    cluster: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    cls: Any = warm_class("dask")  # constructed as cls(options, workers)
+    assert cls is not None
+    options = Options.from_kwargs("collect_errors", {
+        "backend": "dask", "address": cluster.scheduler_address,
+        "initializer": write_init_marker_once, "initargs": (str(tmp_path),)})
+    warm = cls(options, 2)
+    seen = record_clients(monkeypatch)
+    try:
+        for _ in range(2):
+            report = run_on(warm, pid_of, range(40), address=cluster.scheduler_address,
+                            chunk_size=1)
+            assert not report.failures
+        (_, first), (_, second) = seen
+        assert first is second and first.status == "running"  # one client for both runs
+        pids = [int(p.name.split("-")[1]) for p in tmp_path.glob("init-*")]
+        assert sorted(pids) == sorted(set(pids))  # once per worker, not once per run
+    finally:
+        warm.close(cancel=False)
+    assert first.status == "closed"  # the pool opened it: the pool closes it
+
+
+@pytest.mark.filterwarnings("ignore:Port 8787 is already in use")
+def test_warm_workers_keep_their_own_cluster_until_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    started: list[Any] = []
+    distributed = dist()
+    base: Any = distributed.LocalCluster
+
+    class RecordingCluster(base):  # type: ignore[misc]
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            started.append(self)
+
+    monkeypatch.setattr(distributed, "LocalCluster", RecordingCluster)
+    cls: Any = warm_class("dask")
+    assert cls is not None
+    warm = cls(Options.from_kwargs("collect_errors", {"backend": "dask"}), 1)
+    try:
+        assert not started  # nothing starts before a run needs it
+        assert run_on(warm, workfns.square, range(10)).values == [x * x for x in range(10)]
+        assert run_on(warm, workfns.square, range(5)).values == [x * x for x in range(5)]
+        [own] = started  # one cluster for both runs
+        assert own.status.name == "running"
+    finally:
+        warm.close(cancel=False)
+    assert own.status.name == "closed"
+    with pytest.raises(shoal.BrokenBackend, match="closed"):
+        run_on(warm, workfns.square, range(3))
+
+
 # ---------------------------------------------------------------------- example
 def test_split_merge_example_prints_the_seed_lines(cluster: Any) -> None:
     script = Path(__file__).resolve().parent.parent / "examples" / "dask" / "split_merge.py"
@@ -574,3 +735,15 @@ def test_split_merge_example_prints_the_seed_lines(cluster: Any) -> None:
     assert lines[1] == ("Item batches: [[0, 1, 2, 3, 4, 5], [6, 7, 8, 9, 10, 11], "
                         "[12, 13, 14, 15, 16, 17], [18, 19, 20, 21, 22, 23], [24, 25, 26, 27]]")
     assert lines[-1] == f"Processed items: {[i / 42 for i in range(28)]}"
+
+
+def test_a_pool_on_dask_keeps_one_client_for_its_calls(
+    cluster: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen = record_clients(monkeypatch)
+    with shoal.Pool(backend="dask", address=cluster.scheduler_address) as pool:
+        assert pool.map(workfns.square, range(20)) == [x * x for x in range(20)]
+        assert pool.run(workfns.square, range(5)).values == [0, 1, 4, 9, 16]
+    (_, first), (_, second) = seen
+    assert first is second  # the pool's warm workers: one client for both calls
+    assert first.status == "closed"  # the pool opened it; closing the pool closed it

@@ -23,7 +23,8 @@ _REGISTRY: dict[str, str] = {
     "dask": "shoal._backends._dask.backend:DaskBackend",
 }
 
-
+# name -> "module:Class" of the backend's warm workers (``WarmWorkers``),
+# kept between runs by a ``shoal.Pool``; imported on first use only.
 def backend_class(name: str) -> type[Backend]:
     """The backend class registered under ``name``.
 
@@ -43,6 +44,7 @@ def backend_class(name: str) -> type[Backend]:
 _WARM: dict[str, str] = {
     "sequential": "shoal._backends._sequential:SequentialWorkers",
     "threads": "shoal._backends._threads:ThreadWorkers",
+    "dask": "shoal._backends._dask.warm:DaskWorkers",
 }
 
 

@@ -1,8 +1,9 @@
 """The Dask backend's worker side: the task function and what it carries.
 
 Everything that crosses the cluster is bytes shoal pickled itself, wrapped in
-``Pickled``: the job (``fn``, the initializer and its arguments, one blob per
-run), each chunk of items, and each reply. Dask moves them as out-of-band
+``Pickled``: the job (``fn``, the initializer, its arguments and the token it
+runs once per worker for; one blob per run), each chunk of items, and each
+reply. Dask moves them as out-of-band
 frames, untouched: its scheduler unpickles task arguments and would walk plain
 lists item by item (seconds for 100,000 items), and a reply pickled by Dask
 would be unpickled on the driver's Dask event loop; as bytes, the driver
@@ -10,7 +11,7 @@ unpickles it on shoal's collector thread instead, and a value that cannot be
 pickled fails its item alone.
 
 ``fn`` travels inside every task but is unpickled once per worker process
-(``_load_job``, cached by the run's token). A scattered copy would tie every
+(``load_job``, cached by the run's token). A scattered copy would tie every
 task to the workers holding it (Dask places tasks next to their data) and be
 lost for good when those workers died.
 
@@ -31,7 +32,6 @@ from typing import Any, SupportsIndex
 
 from shoal._core import wire
 from shoal._core.calling import run_chunk, sync_caller
-from shoal._core.errors import NotPicklable
 from shoal._core.wire import CarriedError, carried
 
 
@@ -56,10 +56,13 @@ class Pickled:
 
 @dataclass(slots=True)
 class Reply:
-    """What a task sends back: ``Outcome`` fields, errors with their traceback text.
+    """What a task sends back: ``Outcome`` fields, errors as ``CarriedError``.
 
     On the wire, values of builtin types only travel as ``marshalled`` (see
-    ``_pack``) and ``values`` is empty; ``unpack`` puts them back.
+    ``_pack``) and ``values`` is empty; ``unpack`` puts them back. A chunk the
+    worker could not unpickle comes back as ``unreadable`` (no item ran): the
+    driver cannot tell which item is to blame, so the engine's crash-isolation
+    rule decides. ``stopped``: all_or_nothing stopped the chunk at a failure.
     """
 
     values: list[Any]
@@ -68,6 +71,8 @@ class Reply:
     worker: str
     init_error: Any = None  # the same, for an initializer that failed
     marshalled: bytes | None = None
+    unreadable: Any = None  # the same, for a chunk that did not unpickle here
+    stopped: bool = False
 
 
 def dumps(obj: Any) -> bytes:
@@ -83,23 +88,31 @@ def dumps(obj: Any) -> bytes:
 MARSHAL_MIN_VALUES = 64
 
 # Worker-process state: the last runs' unpickled jobs (each unpickled once) and
-# the runs whose initializer ran here. The lock guards both: a worker may run
+# the initializers that ran here, by their token (a run's, or a warm pool's:
+# once per worker for all its runs). The lock guards both: a worker may run
 # several threads.
 _worker_lock = threading.Lock()
 _jobs: OrderedDict[str, tuple[Any, ...]] = OrderedDict()
 _initialized: set[str] = set()
 
 
-def _load_job(job: Pickled) -> tuple[Any, ...]:
+def load_job(job: Pickled) -> tuple[Any, ...]:
+    """The run's (fn, initializer, initargs, init_token), unpickled once per
+    process; the initializer run once per process for its token.
+
+    Raises:
+        BaseException: what unpickling the job or the initializer raised.
+    """
     with _worker_lock:
         loaded = _jobs.get(job.token)
         if loaded is None:
             loaded = _jobs[job.token] = pickle.loads(job.blob)
             while len(_jobs) > 8:
                 _jobs.popitem(last=False)
-        if loaded[1] is not None and job.token not in _initialized:
-            loaded[1](*loaded[2])  # the initializer; raising leaves the run uninitialized
-            _initialized.add(job.token)
+        _, initializer, initargs, init_token = loaded
+        if initializer is not None and init_token not in _initialized:
+            initializer(*initargs)  # raising leaves it to run again for the next task
+            _initialized.add(init_token)
         return loaded
 
 
@@ -122,30 +135,26 @@ def _pack(reply: Reply) -> Pickled:
     try:
         return Pickled(dumps(reply))
     except Exception:
-        pass  # find the culprits below: the rare case may cost a pickle per item
+        pass  # find the culprits: the rare case may cost a pickle per value
     errors = dict(reply.errors or {})
-    for k, value in enumerate(reply.values):
-        if k in errors:
-            continue
-        try:
-            dumps(value)
-        except Exception as why:
+    bad = wire.unpicklable(reply.values, "the value returned for this item", by_value=True)
+    for k, error in bad.items():
+        if k not in errors:
             reply.values[k] = None
-            errors[k] = CarriedError(NotPicklable(
-                f"the value returned for this item cannot be pickled to send it back "
-                f"from the Dask worker: {why!r}"))
+            errors[k] = CarriedError(error)
     reply.errors = errors or None
     return Pickled(dumps(reply))
 
 
-def unpack(blob: bytes | memoryview) -> Reply:
-    """The reply ``_pack`` made, its values back in place.
+def unpack(blob: bytes | memoryview) -> Any:
+    """The reply a task made (``_pack``'s ``Reply``, its values back in place,
+    or ``quarantine.IsolatedReply``).
 
     Raises:
         Exception: what unpickling raises (e.g. a class the driver cannot import).
     """
-    reply: Reply = pickle.loads(blob)
-    if reply.marshalled is not None:
+    reply = pickle.loads(blob)
+    if isinstance(reply, Reply) and reply.marshalled is not None:
         reply.values, reply.marshalled = marshal.loads(reply.marshalled), None
     return reply
 
@@ -159,11 +168,13 @@ def _until(items: Iterable[Any], deadline: float) -> Iterator[Any]:
         yield item
 
 
-def run_part(job: Pickled, chunk: Pickled, budget: float | None = None) -> Pickled:
+def run_part(job: Pickled, chunk: Pickled, budget: float | None = None,
+             stop_on_error: bool = False) -> Pickled:
     """Runs on a Dask worker: ``fn`` over the chunk, every failure of fn caught.
 
     With a ``budget`` (seconds), a probe: items after the first run only
     until it is spent, and the reply holds the values of those that ran.
+    ``stop_on_error`` (all_or_nothing): no item starts after a failure.
 
     Returns the pickled ``Reply``.
     """
@@ -171,14 +182,18 @@ def run_part(job: Pickled, chunk: Pickled, budget: float | None = None) -> Pickl
 
     worker = get_worker().address
     try:
-        fn = _load_job(job)[0]
+        fn = load_job(job)[0]
     except BaseException as exc:  # the initializer failed: the run must stop
         return _pack(Reply([], None, 0.0, worker, CarriedError(exc)))
-    items: Sequence[Any] = pickle.loads(chunk.blob)
+    try:
+        items: Sequence[Any] = pickle.loads(chunk.blob)
+    except Exception as exc:  # an item's class cannot be imported here, or fails to rebuild
+        return _pack(Reply([], None, 0.0, worker, unreadable=CarriedError(exc)))
     todo = items if budget is None else _until(items, time.perf_counter() + budget)
     try:
-        outcome = run_chunk(sync_caller(fn), todo, worker)
-    except BaseException as exc:  # SystemExit and the like: fail the chunk, keep the worker
+        outcome = run_chunk(sync_caller(fn), todo, worker, stop_on_error=stop_on_error)
+    except BaseException as exc:  # KeyboardInterrupt in fn: fail the chunk, keep the worker
         return _pack(Reply([None] * len(items),
                            dict.fromkeys(range(len(items)), CarriedError(exc)), 0.0, worker))
-    return _pack(Reply(outcome.values, carried(outcome.errors), outcome.duration, worker))
+    return _pack(Reply(outcome.values, carried(outcome.errors), outcome.duration, worker,
+                       stopped=outcome.stopped))
