@@ -83,7 +83,8 @@ class Job:
     hang_once: items that hang on their first attempt only.
     exit: items that raise ``SystemExit``.
     crash: items that kill their own process, as ``how`` says: ``exit``
-        (``os._exit``), ``kill`` (SIGKILL) or ``segfault``.
+        (``os._exit``), ``kill`` (SIGKILL) or ``segfault``; in the process
+        ``spare`` (the caller's pid) they raise ``RuntimeError`` instead.
     nap: seconds every item takes (simulated work, not synchronisation).
     burn: CPU seconds every item spends (so that auto sees CPU-bound work).
     meet: items wait until this many items have started (a rendezvous).
@@ -99,6 +100,7 @@ class Job:
     exit: frozenset[int] = frozenset()
     crash: frozenset[int] = frozenset()
     how: str = "exit"
+    spare: int = 0
     nap: float = 0.0
     burn: float = 0.0
     meet: int = 0
@@ -126,6 +128,8 @@ class Job:
         if x in self.exit:
             raise SystemExit(f"item {x} exits")
         if x in self.crash:
+            if os.getpid() == self.spare:
+                raise RuntimeError(f"item {x} would have killed the caller's process")
             die(self.how)
         if self.burn:
             t0 = time.thread_time()
@@ -384,13 +388,25 @@ def new_children(before: set[psutil.Process], allowed: set[int] = frozenset(),  
         time.sleep(0.02)
 
 
-def dask_worker_pids(opts: dict[str, Any]) -> set[int]:
-    """The pids of the session cluster's worker processes (Dask restarts a dead one)."""
+def wait_gone(procs: list[psutil.Process], timeout: float = 10.0) -> list[psutil.Process]:
+    """The processes of ``procs`` still alive after up to ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = [p for p in procs if _alive(p)]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.02)
+
+
+def dask_worker_pids(opts: dict[str, Any], workers: int = 2) -> set[int]:
+    """The pids of the worker processes of the cluster in ``opts`` (none off
+    Dask), once it has ``workers`` of them: a nanny restarts a worker that died."""
     if opts.get("backend") != "dask":
         return set()
     from distributed import Client
 
     with Client(opts["address"], timeout=10) as client:  # type: ignore[no-untyped-call]
+        client.wait_for_workers(workers, timeout=30)
         return set(client.run(os.getpid).values())
 
 
