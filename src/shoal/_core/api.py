@@ -9,12 +9,14 @@ thread's loop for the streaming ``imap``.
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
 from shoal._core.bridge import arun, iterate_in_thread
 from shoal._core.consumer import asegments, segments
 from shoal._core.engine import Segment
+from shoal._core.errors import BatchInterrupted
 from shoal._core.options import OnError, Options
 from shoal._core.results import BatchReport, ItemResult
 from shoal._core.run import Run
@@ -62,17 +64,24 @@ def _guard(run: Run) -> Iterator[None]:
         raise
 
 
+#: The partial report of a run whose coroutine consumer was cancelled
+#: (``_aguard``), for the synchronous caller to raise (``_on_loop``): results
+#: that finished but were not delivered can be taken from the engine once.
+_cut_short: weakref.WeakKeyDictionary[Run, BatchInterrupted] = weakref.WeakKeyDictionary()
+
+
 @contextlib.contextmanager
 def _aguard(run: Run) -> Iterator[None]:
     """``_guard`` for a coroutine consumer: cancellation (how a loop delivers
     Ctrl-C to a task) closes the observers with the partial report and
-    propagates; the synchronous caller then raises ``BatchInterrupted``."""
+    propagates; the synchronous caller then raises ``BatchInterrupted`` with
+    that report."""
     import asyncio  # loaded already: the consumer runs on a loop
 
     try:
         yield
     except (KeyboardInterrupt, asyncio.CancelledError):
-        run.close(run.report(interrupted=True))
+        _cut_short[run] = run.interrupted()  # records what settled, builds the report, closes
         raise
     except BaseException:
         run.close(None)
@@ -88,7 +97,7 @@ def _on_loop(run: Run, coro: Any) -> Any:
     try:
         return arun(coro)
     except KeyboardInterrupt:
-        raise run.interrupted() from None
+        raise (_cut_short.pop(run, None) or run.interrupted()) from None
 
 
 def map(fn: Callable[[Any], T], items: Iterable[Any], **options: Any) -> list[T]:
