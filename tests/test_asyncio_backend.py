@@ -300,3 +300,34 @@ def test_max_items_per_worker_is_refused() -> None:
     with pytest.raises(shoal.InvalidOptionError, match='max_items_per_worker is not supported '
                                                        'by backend="asyncio"'):
         shoal.map(one, range(3), backend="asyncio", max_items_per_worker=2)
+
+
+@pytest.mark.parametrize("honour", [True, False])
+def test_a_timed_out_item_does_not_cost_its_worker(monkeypatch: pytest.MonkeyPatch,
+                                                   honour: bool) -> None:
+    """Whether the item honours its cancellation at once or swallows it, its
+    worker goes on with the next item: one worker runs the whole batch."""
+    from shoal._backends._asyncio import AsyncioBackend
+
+    spawned: list[int] = []
+    spawn = AsyncioBackend._spawn
+
+    def counted(self: AsyncioBackend) -> None:
+        spawned.append(1)
+        spawn(self)
+
+    monkeypatch.setattr(AsyncioBackend, "_spawn", counted)
+    stubborn = Stubborn()
+
+    async def item(x: int) -> int:
+        if x == 1 and honour:
+            await asyncio.sleep(30)
+        return await stubborn(x)
+
+    try:
+        report = shoal.run(item, range(4), backend="asyncio", workers=1, timeout=0.2)
+    finally:
+        stubborn.let_go.set()
+    assert [type(r.error).__name__ if r.error else r.value for r in report.results] == [
+        0, "TimeoutError", 2, 3]
+    assert len(spawned) == 1

@@ -118,7 +118,7 @@ class AsyncioBackend(Backend):
         self._lot: _Lot | None = None
         self._dirty: list[_Lot] = []  # lots with finished, unreported items
         # timed item -> its own task, and the future its worker waits on
-        self._inner: dict[Task, tuple[asyncio.Future[Any], asyncio.Future[None]]] = {}
+        self._inner: dict[Task, tuple[asyncio.Future[Any], asyncio.Future[bool]]] = {}
         self._closing = False
         self._halted = False  # closing, or the engine stopped: start no more items
         self._live = 0  # workers that have not ended
@@ -262,18 +262,24 @@ class AsyncioBackend(Backend):
                 re-raise out of the event loop (``SystemExit``).
         """
         inner = asyncio.ensure_future(_carry(aw))
-        gate: asyncio.Future[None] = self._loop.create_future()
-        inner.add_done_callback(lambda _: _resolve(gate))
+        # True once abandoned; False once the item ended (whichever comes first).
+        gate: asyncio.Future[bool] = self._loop.create_future()
+        inner.add_done_callback(lambda _: _resolve(gate, False))
         self._inner[task] = (inner, gate)
         try:
-            await gate
+            abandoned = await gate
         except asyncio.CancelledError:  # the worker is cancelled: so is its item
             inner.cancel()
             raise
         finally:
             self._inner.pop(task, None)
-        if not inner.done():
-            inner.add_done_callback(_forget)
+        if abandoned:
+            # Even if the item already honoured its cancellation, the
+            # CancelledError is ours, not the worker's: it goes on.
+            if inner.done():
+                _forget(inner)
+            else:
+                inner.add_done_callback(_forget)
             raise _Abandoned
         return inner.result()
 
@@ -291,7 +297,7 @@ class AsyncioBackend(Backend):
         if held is not None:
             inner, gate = held
             inner.cancel()
-            _resolve(gate)
+            _resolve(gate, True)
 
     def shutdown(self, cancel: bool) -> None:
         self._closing = cancel
@@ -327,9 +333,9 @@ class AsyncioBackend(Backend):
                 t.exception()  # retrieved: the run has reported it (fail_run)
 
 
-def _resolve(fut: asyncio.Future[None]) -> None:
+def _resolve(fut: asyncio.Future[Any], value: Any = None) -> None:
     if not fut.done():
-        fut.set_result(None)
+        fut.set_result(value)
 
 
 class _Abandoned(Exception):
