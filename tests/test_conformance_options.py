@@ -46,7 +46,7 @@ IN_FLIGHT = "{}: more than max_in_flight items are pulled ahead of the caller: c
 # A race, so not strict: it fails about half the runs.
 IN_FLIGHT_XFAILS = {
     **{name: IN_FLIGHT.format(name) for name in ("threads", "asyncio", "processes", "dask")},
-    "auto": IN_FLIGHT.format("auto (it chooses threads for this slow caller)")}
+    "auto": IN_FLIGHT.format("auto (it chooses threads here)")}
 RECYCLE_JOIN = "{}: max_items_per_worker recycling fails the run with RuntimeError('cannot " \
                "join thread before it is started') about half the time: a replacement thread " \
                "is made and listed before it is started, and shutdown joins it (threads " \
@@ -90,8 +90,10 @@ def test_backend_runs_every_item_once(backend: str, opts: dict[str, Any], folder
     assert report.values == [x * 10 for x in range(20)]
     assert [r.index for r in report.results] == list(range(20))
     assert runs_per_item(folder) == Counter(range(20))
-    if backend == "auto":  # 20 ms of work left: not worth starting workers (kit.job_for)
-        assert report.backend == "sequential" and report.backend_reason.startswith("auto")
+    if backend == "auto":  # little work left (kit.job_for): inline, or threads if the
+        # machine is so loaded that 20 items of 1 ms look like more than 0.1 s of work
+        assert report.backend in ("sequential", "threads")
+        assert report.backend_reason.startswith("auto")
     else:
         assert report.backend == backend
 
@@ -135,8 +137,9 @@ def test_unordered_results_come_as_they_finish(backend: str, opts: dict[str, Any
                                                folder: Path) -> None:
     """Item 0 cannot finish before the caller has received item 3 (it waits
     for the marker the caller writes then), so ordered=False must deliver 3
-    while 0 still runs. Sequential runs items in order, and auto probes
-    item 0 alone: there the order of finishing is the input order."""
+    while 0 still runs. Sequential runs items in order; auto probes item 0
+    alone (it could not wait for item 3), and then goes on inline or on
+    threads, as the load of the machine makes it measure."""
     overtakes = backend not in ("sequential", "auto")
     job = kit.job_for(backend, folder, until={0: "got-3"} if overtakes else {})
     got = []
@@ -147,8 +150,8 @@ def test_unordered_results_come_as_they_finish(backend: str, opts: dict[str, Any
     assert sorted(got) == list(range(8))
     if overtakes:
         assert got.index(3) < got.index(0)
-    else:
-        assert got == [c.item for c in sorted(kit.calls(folder), key=lambda c: c.end)]
+    elif backend == "sequential":
+        assert got == list(range(8))
 
 
 # --------------------------------------------------------------------- on_error
@@ -225,13 +228,19 @@ def test_timeout_fails_the_hung_item_alone(backend: str, opts: dict[str, Any],
 
 
 # --------------------------------------------------------------------- rate
+def _start_lag(backend: str) -> float:
+    """How much later than its grant an item may be seen to start: on the
+    caller's side, a few ms; across a process boundary on a loaded 2-core
+    machine, tens of ms (a rate violated by a whole burst still shows)."""
+    return 0.1 if backend in ("processes", "dask", "auto") else 0.01
+
+
 @pytest.mark.parametrize("backend", kit.every())
 def test_rate_holds_over_every_window(backend: str, opts: dict[str, Any], folder: Path) -> None:
     """rate=(20, 2): any window of T seconds sees at most 2 + 20 T starts.
     A start is logged in the worker, a little after the engine granted it,
-    and that lag varies; it is allowed for (``slack``) where work crosses to
-    another process."""
-    slack = 0.03 if backend in ("processes", "dask", "auto") else 0.005
+    and that lag varies (``_start_lag``)."""
+    slack = _start_lag(backend)
     t0 = time.monotonic()
     report = shoal.run(kit.job_for(backend, folder), range(8), rate=(20, 2), **opts)
     wall = time.monotonic() - t0
@@ -244,7 +253,8 @@ def test_rate_holds_over_every_window(backend: str, opts: dict[str, Any], folder
 def _most_ahead(backend: str, folder: Path, opts: dict[str, Any], **options: Any) -> int:
     """The most items pulled from a generator and not yet yielded to the
     caller, with a caller slow enough for workers to pull all they may: after
-    each result it gives them up to 20 ms to pull past the bound."""
+    each result it gives them up to 20 ms to pull past the bound. (Items of
+    6 ms for auto: 0.17 s of work, so that it chooses threads every time.)"""
     limit = options["max_in_flight"]
     pulled = consumed = most = 0
 
@@ -254,7 +264,8 @@ def _most_ahead(backend: str, folder: Path, opts: dict[str, Any], **options: Any
             pulled += 1
             yield i
 
-    for r in shoal.imap(kit.job_for(backend, folder), source(), **options, **opts):
+    job = kit.job_for(backend, folder, **({"nap": 0.006} if backend == "auto" else {}))
+    for r in shoal.imap(job, source(), **options, **opts):
         assert r.ok
         consumed += 1
         deadline = time.monotonic() + 0.02
@@ -400,9 +411,9 @@ def test_initializer_runs_once_per_worker_before_its_items(
 
 # --------------------------------------------------------------------- max_items_per_worker
 @pytest.mark.parametrize("backend", kit.every(
-    xfail={"sequential": SEQUENTIAL_RECYCLE.format("sequential"),
-           "auto": SEQUENTIAL_RECYCLE.format("auto (inline after its probe)")},
-    flaky={"threads": RECYCLE_JOIN.format("threads")}))
+    xfail={"sequential": SEQUENTIAL_RECYCLE.format("sequential")},
+    flaky={"threads": RECYCLE_JOIN.format("threads"),
+           "auto": RECYCLE_JOIN.format("auto (it chooses threads here)")}))
 def test_max_items_per_worker_recycles_with_the_initializer(
     backend: str, opts: dict[str, Any], folder: Path
 ) -> None:
@@ -410,7 +421,8 @@ def test_max_items_per_worker_recycles_with_the_initializer(
     initializer again; where workers cannot be recycled (asyncio: coroutines
     of one loop; Dask: the cluster's) the option is refused before any item."""
     path = folder / "inits.txt"
-    job = kit.job_for(backend, folder)
+    # auto: 9 items of 20 ms that wait, so that it chooses threads every time
+    job = kit.job_for(backend, folder, **({"nap": 0.02} if backend == "auto" else {}))
 
     def run() -> shoal.BatchReport[Any]:
         return shoal.run(job, range(9), workers=1, chunk_size=1, max_items_per_worker=3,
@@ -448,7 +460,7 @@ def test_rate_with_chunk_size(backend: str, opts: dict[str, Any], folder: Path) 
                                                  r"more than the burst \(4\)"):
         shoal.run(kit.job_for(backend, folder), range(10), rate=(40, 4), chunk_size=8, **opts)
     assert kit.started(folder) == []
-    slack = 0.03 if backend in ("processes", "dask", "auto") else 0.005
+    slack = _start_lag(backend)
     t0 = time.monotonic()
     report = shoal.run(kit.job_for(backend, folder), range(10), rate=(40, 4), chunk_size=4,
                        **opts)
@@ -474,7 +486,7 @@ def test_retries_with_timeout(backend: str, opts: dict[str, Any], folder: Path) 
 @pytest.mark.parametrize("backend", kit.every())
 def test_rate_with_retries(backend: str, opts: dict[str, Any], folder: Path) -> None:
     """A retry is an attempt like any other: it waits for a token too."""
-    slack = 0.03 if backend in ("processes", "dask", "auto") else 0.005
+    slack = _start_lag(backend)
     job = kit.job_for(backend, folder, flaky={0, 1, 2})
     report = shoal.run(job, range(4), rate=(20, 1), retries=RetryPolicy(2, backoff=0), **opts)
     assert report.values == [0, 10, 20, 30]
