@@ -175,8 +175,15 @@ def bench_overhead(n: int, repeat: int) -> None:
     row("[f(x) for x in items]", median_time(lambda: [sq(x) for x in items], repeat), base=base)
     t_map = median_time(lambda: shoal.map(sq, items, backend="sequential"), repeat)
     row("shoal.map sequential", t_map, base=base)
-    t_run = median_time(lambda: shoal.run(sq, items, backend="sequential"), repeat)
-    row("shoal.run sequential (ItemResults)", t_run, base=base)
+    def run_and_read() -> None:
+        report = shoal.run(sq, items, backend="sequential")
+        assert len(report.values) == n and report.failed == 0
+        report.summary()
+
+    t_run = median_time(run_and_read, repeat)
+    row("shoal.run sequential, then .values and .summary()", t_run, base=base)
+    t_results = median_time(lambda: shoal.run(sq, items, backend="sequential").results, repeat)
+    row("shoal.run sequential, then .results (an ItemResult each)", t_results, base=base)
     print(f"  items/s: plain loop {n / base:,.0f}, shoal.map {n / t_map:,.0f}, "
           f"shoal.run {n / t_run:,.0f}")
 

@@ -9,6 +9,8 @@ dask-parametrized test runs, and closed at the end.
 from __future__ import annotations
 
 import importlib.util
+import os
+import secrets
 from collections.abc import Iterator
 from typing import Any
 
@@ -57,6 +59,11 @@ def concurrent_opts(request: pytest.FixtureRequest) -> dict[str, Any]:
 
 def pytest_configure(config: pytest.Config) -> None:
     import cloudpickle
+
+    # Checkpoints sign pickled rows with the user's key file unless this is
+    # set: the suite (and the subprocesses it starts) must not create one in
+    # the real home directory. Tests of the key file itself unset it.
+    os.environ.setdefault("SHOAL_CHECKPOINT_KEY", secrets.token_hex(32))
 
     import workfns
 

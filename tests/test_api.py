@@ -277,3 +277,38 @@ def test_public_aggregate_module() -> None:
     assert (stats.count, stats.min, stats.max) == (5, 1, 10000)
     assert [o.item for o in aggregate.outliers_iqr(report)] == [100]
 
+
+
+def test_the_all_or_nothing_note_names_the_failed_item() -> None:
+    with pytest.raises(ValueError) as caught:
+        shoal.map(workfns.fail_on_negative, [1, 2, -3, 4], backend="sequential")
+    notes = getattr(caught.value, "__notes__", [])
+    if sys.version_info >= (3, 11):
+        assert any("all_or_nothing" in n and "item 2" in n for n in notes), notes
+
+
+def test_a_report_makes_item_results_only_when_they_are_read() -> None:
+    report = shoal.run(workfns.square, range(10_000), backend="sequential")
+    assert report.total == 10_000 and report.failed == 0 and report.succeeded == 10_000
+    assert report.values[:3] == [0, 1, 4] and report.latency(50) >= 0
+    assert report._results is None  # counts, values and latency came from the columns
+    assert report.results[5].value == 25 and report.results[5].index == 5
+    assert report._results is not None
+
+
+def test_errors_by_type_names_the_type_a_remote_error_stands_for() -> None:
+    results = [shoal.ItemResult(0, "x", False, None, shoal.RemoteError("mod.ParseError", "bad")),
+               shoal.ItemResult(1, "y", False, None, ValueError("v"))]
+    report: shoal.BatchReport[Any] = shoal.BatchReport(results, "threads", "", 1, 0.1)
+    assert report.errors_by_type == {"ParseError": 1, "ValueError": 1}
+
+
+def test_to_dataframe_keeps_the_dtype_of_successful_values() -> None:
+    pd = pytest.importorskip("pandas")
+    report = shoal.run(workfns.fail_on_negative, [1, -2, 3], backend="sequential")
+    frame = report.to_dataframe()
+    assert list(frame["index"]) == [0, 1, 2] and list(frame["ok"]) == [True, False, True]
+    assert str(frame["value"].dtype) == "Int64" and pd.isna(frame["value"][1])
+    assert frame["error_type"][1] == "ValueError"
+    whole = shoal.run(workfns.square, range(4), backend="sequential").to_dataframe()
+    assert str(whole["value"].dtype) == "int64"

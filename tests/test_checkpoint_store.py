@@ -18,11 +18,16 @@ from typing import Any
 
 import pytest
 
-from shoal._core.errors import CheckpointMismatch, InvalidOptionError, RemoteTraceback
+from shoal._core.errors import (
+    CheckpointMismatch,
+    InvalidOptionError,
+    RemoteError,
+    RemoteTraceback,
+)
 from shoal._core.results import ItemResult
-from shoal._sinks import checkpoint as _checkpoint
 from shoal._sinks.base import ResultStore
 from shoal._sinks.checkpoint import CheckpointStore, open_checkpoint, summarize
+from shoal._sinks.checkpoint import store as _store
 
 # -- module-level helpers (module level so they pickle by reference) ----------
 
@@ -88,7 +93,7 @@ def _job_from(src: str) -> Any:
 
 def _ok(i: int, value: Any, item: Any = None) -> ItemResult[Any]:
     return ItemResult(i, i if item is None else item, ok=True, value=value,
-                      attempts=2, duration=0.25, worker="thread-1")
+                      attempts=2, duration=0.25, worker="thread-1", started=1.5e9 + i)
 
 
 def _raised(exc: BaseException) -> BaseException:
@@ -140,6 +145,7 @@ def test_round_trip_json_and_pickled_values(tmp_path: Path) -> None:
             assert r.value == v and type(r.value) is type(v)
             assert (r.index, r.item, r.ok, r.restored) == (i, i, True, True)
             assert (r.attempts, r.duration, r.worker) == (2, 0.25, "thread-1")
+            assert r.started == 1.5e9 + i
             assert r.error is None
         nan = store.restore(len(values) - 1, len(values) - 1)
         assert nan is not None and isinstance(nan.value, float) and math.isnan(nan.value)
@@ -166,12 +172,17 @@ def test_unpicklable_value_is_skipped_with_a_warning(tmp_path: Path) -> None:
 
 
 def test_unloadable_stored_value_reruns_the_item(tmp_path: Path) -> None:
+    # A row shoal wrote whose pickle no longer loads (its class was renamed
+    # since): the tag verifies, unpickling fails, the item runs again.
     path = tmp_path / "run.db"
     with open_checkpoint(path, _double) as store:
         store.record([_ok(0, Point(1, 2))])
+        fingerprint = _store.item_fingerprint(0)
+        tag = store._signer.tag(0, fingerprint, b"not a pickle")
     conn = sqlite3.connect(path)
     with conn:
-        conn.execute("UPDATE results SET value = ? WHERE idx = 0", (b"not a pickle",))
+        conn.execute("UPDATE results SET value = ?, value_tag = ? WHERE idx = 0",
+                     (b"not a pickle", tag))
     conn.close()
     with open_checkpoint(path, _double) as store, pytest.warns(RuntimeWarning, match="item 0"):
         assert store.restore(0, 0) is None
@@ -194,21 +205,29 @@ def test_failures_are_retried_by_default(tmp_path: Path) -> None:
 def test_failures_are_restored_when_not_retried(tmp_path: Path) -> None:
     path = tmp_path / "run.db"
     with open_checkpoint(path, _double) as store:
-        store.record([_failed(0, CustomError("boom")), _failed(1, NeedsTwoArgs(1, 2))])
+        store.record([_failed(0, CustomError("boom")), _failed(1, NeedsTwoArgs(1, 2)),
+                      _failed(2, ValueError("bad value"))])
     with open_checkpoint(path, _double, retry_failed=False) as store:
+        # Errors are stored as data, never pickled: a class outside builtins
+        # comes back as RemoteError naming it, with the original traceback.
         r = store.restore(0, 0)
         assert r is not None and not r.ok and r.restored and r.value is None
         assert (r.attempts, r.duration, r.worker) == (3, 0.5, "pid:42")
-        assert type(r.error) is CustomError and str(r.error) == "boom"
+        assert type(r.error) is RemoteError
+        assert r.error.type_name == f"{__name__}.CustomError" and r.error.message == "boom"
         assert isinstance(r.error.__cause__, RemoteTraceback)
         assert "_raised" in r.error.__cause__.tb  # the original traceback's frames
-        with pytest.raises(CustomError, match="boom"):
+        with pytest.raises(RemoteError, match="CustomError: boom"):
             r.unwrap()
 
-        r = store.restore(1, 1)  # not unpicklable: rebuilt as a RuntimeError
+        r = store.restore(1, 1)  # one that would not even unpickle: data all the same
         assert r is not None and not r.ok
-        assert type(r.error) is RuntimeError and str(r.error) == "NeedsTwoArgs: 1/2"
+        assert type(r.error) is RemoteError and str(r.error).endswith("NeedsTwoArgs: 1/2")
         assert "NeedsTwoArgs" in r.traceback
+
+        r = store.restore(2, 2)  # a builtin exception type comes back as itself
+        assert r is not None and type(r.error) is ValueError and str(r.error) == "bad value"
+        assert "_raised" in r.traceback
 
 
 # -- mismatches ------------------------------------------------------------------
@@ -307,7 +326,7 @@ def test_commits_when_the_buffer_is_full(tmp_path: Path) -> None:
 
 def test_commits_when_the_interval_passed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     clock = [1000.0]
-    monkeypatch.setattr(_checkpoint, "_monotonic", lambda: clock[0])
+    monkeypatch.setattr(_store, "_monotonic", lambda: clock[0])
     path = tmp_path / "run.db"
     store = open_checkpoint(path, _double, batch_size=1000, commit_interval=0.5)
     store.record([_ok(0, 0)])
@@ -322,7 +341,7 @@ def test_commits_when_the_interval_passed(tmp_path: Path, monkeypatch: pytest.Mo
 
 def test_default_thresholds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     clock = [1000.0]
-    monkeypatch.setattr(_checkpoint, "_monotonic", lambda: clock[0])
+    monkeypatch.setattr(_store, "_monotonic", lambda: clock[0])
     path = tmp_path / "run.db"
     store = open_checkpoint(path, _double)
     store.record([_ok(i, i) for i in range(255)])
@@ -431,6 +450,7 @@ def test_summarize_and_stats(tmp_path: Path) -> None:
     assert summary == stats
     assert (summary["total"], summary["ok"], summary["failed"]) == (6, 3, 3)
     assert list(summary["errors_by_type"].items()) == [("ValueError", 2), ("KeyError", 1)]
+    assert stats["errors_by_type"] == summary["errors_by_type"]
     assert summary["job"].endswith(":_double")
     assert summary["path"] == str(path)
     assert summary["last_update"] is not None
@@ -547,3 +567,29 @@ def test_closed_store(tmp_path: Path) -> None:
         store.restore(0, 0)
     with pytest.raises(ValueError, match="closed"):
         store.record([_ok(0, 0)])
+
+
+def test_wal_files_of_a_deleted_checkpoint_are_not_taken_for_the_new_ones(
+        tmp_path: Path) -> None:
+    # A killed run leaves run.db-wal and run.db-shm; the user deletes run.db,
+    # as the messages say. SQLite could take the old WAL for the new file's
+    # (seen as "disk I/O error" in the kill tests): the new checkpoint starts clean.
+    path = tmp_path / "run.db"
+    script = JOB_SRC + (
+        "import os, sys\n"
+        "from shoal._sinks.checkpoint import open_checkpoint\n"
+        "from shoal._core.results import ItemResult\n"
+        "store = open_checkpoint(sys.argv[1], job, batch_size=1)\n"
+        "store.record([ItemResult(i, i, ok=True, value=i) for i in range(50)])\n"
+        "os._exit(0)  # no close: the rows stay in the WAL\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(path)], check=True)
+    assert Path(f"{path}-wal").stat().st_size > 0
+    path.unlink()
+    with open_checkpoint(path, _triple) as store:  # another job: nothing of the old one
+        assert store.stats()["total"] == 0
+        store.record([_ok(0, 1)])
+    assert summarize(path)["total"] == 1
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    conn.close()

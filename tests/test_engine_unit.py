@@ -50,7 +50,10 @@ def ok(values: list[Any]) -> Outcome:
 
 
 def results(engine: Engine) -> list[Any]:
-    return [r for seg in engine.take() for r in seg.item_results()]
+    """Take what is deliverable and hand it over, as a consumer does."""
+    segs = engine.take()
+    engine.free(sum(s.count for s in segs))
+    return [r for seg in segs for r in seg.item_results()]
 
 
 def test_out_of_order_completion_is_delivered_in_order() -> None:
@@ -345,3 +348,23 @@ def test_a_range_is_sliced_into_range_chunks_and_failed_items_keep_their_value()
     assert [r.item for r in got] == list(range(10, 20))
     assert [r.index for r in got if not r.ok] == [5] and got[5].item == 15
     assert eng.finished()
+
+
+def test_a_store_that_refuses_a_row_ends_the_run_with_its_error() -> None:
+    """A checkpoint of another job (or a tampered row) stops the run, never a worker."""
+
+    class Refusing:
+        def restore(self, index: int, item: Any) -> Any:
+            raise LookupError(f"row {index} is not ours")
+
+        def record(self, results: Any) -> None:
+            return None
+
+        def close(self) -> None:
+            return None
+
+    options = Options.from_kwargs("collect_errors", {})
+    eng = Engine(SliceSource(range(3)), options, chunks=ChunkPolicy(None, workers=1),
+                 window=lambda c: 64, store=Refusing(), clock=Clock())
+    assert eng.acquire() is DONE
+    assert isinstance(eng.fatal, LookupError) and eng.finished()

@@ -21,7 +21,10 @@ from shoal._core.errors import (
     BackendUnavailable,
     BatchInterrupted,
     BrokenBackend,
+    CheckpointDamaged,
+    CheckpointInUse,
     CheckpointMismatch,
+    CheckpointUntrusted,
     InvalidItemsError,
     InvalidOptionError,
     NotPicklable,
@@ -39,12 +42,13 @@ from shoal._split import iter_batches, merge, split
 __version__ = "0.1.0"
 
 if _typing.TYPE_CHECKING:
-    from shoal._sinks.checkpoint import open_checkpoint
+    from shoal._sinks.checkpoint import open_checkpoint, salvage_checkpoint
     from shoal._sinks.progress import ProgressEvent
 
 # Imported on first use, so that ``import shoal`` stays light (the checkpoint
 # store brings sqlite3 and cloudpickle; progress brings its renderers).
-_LAZY = {"open_checkpoint": "shoal._sinks.checkpoint", "ProgressEvent": "shoal._sinks.progress"}
+_LAZY = {"open_checkpoint": "shoal._sinks.checkpoint", "ProgressEvent": "shoal._sinks.progress",
+         "salvage_checkpoint": "shoal._sinks.checkpoint"}
 
 
 def __getattr__(name: str) -> _typing.Any:
@@ -65,7 +69,10 @@ __all__ = [
     "BatchInterrupted",
     "BatchReport",
     "BrokenBackend",
+    "CheckpointDamaged",
+    "CheckpointInUse",
     "CheckpointMismatch",
+    "CheckpointUntrusted",
     "InvalidItemsError",
     "InvalidOptionError",
     "ItemResult",
@@ -88,5 +95,6 @@ __all__ = [
     "merge",
     "open_checkpoint",
     "run",
+    "salvage_checkpoint",
     "split",
 ]

@@ -50,6 +50,9 @@ class ThreadBackend(Backend):
         chunking=ChunkParams(target_seconds=0.002, min_seconds=0.002),
     )
 
+    #: measure how long items wait for a CPU (the auto probe sets it)
+    measure_waits = False
+
     def start(self, engine: Engine) -> None:
         self._engine = engine
         self._call = sync_caller(self.fn)
@@ -142,7 +145,8 @@ class ThreadBackend(Backend):
 
     def _run_task(self, task: Task, name: str) -> Outcome:
         return run_chunk(self._call, task.items[task.done :] if task.done else task.items, name,
-                         stop_on_error=self._stop_on_error, halted=self._halted)
+                         stop_on_error=self._stop_on_error, halted=self._halted,
+                         measure_wait=self.measure_waits)
 
     def _retire(self, me: _Worker) -> None:
         with self._cond:

@@ -15,10 +15,9 @@ from typing import Any, TypeVar
 
 from shoal._core.bridge import arun, iterate_in_thread
 from shoal._core.consumer import asegments, segments
-from shoal._core.engine import Segment
 from shoal._core.errors import BatchInterrupted
 from shoal._core.options import OnError, Options
-from shoal._core.results import BatchReport, ItemResult
+from shoal._core.results import BatchReport, ItemResult, Segment
 from shoal._core.run import Run
 
 T = TypeVar("T")

@@ -40,6 +40,10 @@ class Outcome:
     stopped (all_or_nothing after a failure); the engine gives the rest back.
     ``item_bytes``: pickled bytes per item, of the larger of items and results,
     when the backend pickled them (chunk sizes stay under its frame budget).
+    ``waited``: how long the worker's thread was ready to run but not running
+    (another thread or process had the CPU), when measured: the auto probe
+    subtracts it, so that CPU-bound work on a busy machine is not taken for
+    work that waits.
     """
 
     values: list[Any]
@@ -50,6 +54,7 @@ class Outcome:
     cpu: float | None = None
     stopped: bool = False
     item_bytes: float = 0.0
+    waited: float | None = None  # seconds runnable but not running (measured on request)
 
 
 def is_async_callable(fn: Callable[..., Any]) -> bool:
@@ -116,6 +121,7 @@ def run_chunk(
     *,
     stop_on_error: bool = False,
     halted: Callable[[], bool] | None = None,
+    measure_wait: bool = False,
 ) -> Outcome:
     """Run ``call`` on every item (iterated once, in order); an exception fails that item alone.
 
@@ -125,7 +131,9 @@ def run_chunk(
     (all_or_nothing): stop after the first failure; ``halted``: checked
     before each item, stop when it says so (another worker's failure). Either
     way the outcome is ``stopped`` and holds only the items that ran.
+    ``measure_wait``: also measure ``Outcome.waited`` (a file read each side).
     """
+    wait0 = runqueue_wait() if measure_wait else None
     start = time.perf_counter()
     cpu0 = time.thread_time()
     values: list[Any] = []
@@ -151,8 +159,22 @@ def run_chunk(
                 break
     if halted is not None and halted():
         stopped = True
-    return Outcome(values, errors, time.perf_counter() - start, worker,
-                   cpu=time.thread_time() - cpu0, stopped=stopped)
+    outcome = Outcome(values, errors, time.perf_counter() - start, worker,
+                      cpu=time.thread_time() - cpu0, stopped=stopped)
+    if wait0 is not None:
+        wait1 = runqueue_wait()
+        outcome.waited = None if wait1 is None else wait1 - wait0
+    return outcome
+
+
+def runqueue_wait() -> float | None:
+    """Seconds this thread has spent ready to run but not running, or None
+    where the system does not say (Linux: /proc/thread-self/schedstat)."""
+    try:
+        with open("/proc/thread-self/schedstat", "rb") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _until_halted(items: Iterable[Any], halted: Callable[[], bool]) -> Iterator[Any]:

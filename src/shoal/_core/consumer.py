@@ -18,7 +18,7 @@ import threading
 from collections.abc import AsyncGenerator, Callable, Iterator
 
 from shoal._backends import Backend, InlineBackend
-from shoal._core.engine import Segment
+from shoal._core.results import Segment
 from shoal._core.run import Run
 
 
@@ -59,6 +59,7 @@ def _steps(run: Run, clear: Callable[[], None]) -> Iterator[_Step]:
         segs = engine.take()
         if segs:
             yield _Deliver(segs)
+            engine.free(sum(s.count for s in segs))  # the caller has them now
             continue
         run.check()
         if engine.finished():

@@ -44,13 +44,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final
 
 from shoal._core.calling import Outcome
 from shoal._core.errors import WorkerCrashed, add_note
 from shoal._core.options import Options
-from shoal._core.results import ItemResult
+from shoal._core.results import ItemResult, Segment, starts_of
 from shoal._core.source import Source
 from shoal._policies.chunking import ChunkPolicy
 from shoal._policies.rate import TokenBucket
@@ -114,52 +114,6 @@ Answer = Work | Wait | Done
 
 
 @dataclass(slots=True)
-class Segment:
-    """Settled results of consecutive indices ``start .. start+count-1``.
-
-    Either ``results`` holds finished ``ItemResult`` objects, or, on the fast
-    path (every item succeeded on one attempt), the columns do and no per-item
-    object is built until somebody asks for one. ``durations`` holds each
-    item's own seconds when the backend measured them; otherwise every item
-    gets the average, ``per_item``. ``ended`` is when the last one finished
-    (epoch seconds); each item's start is counted back from it.
-    """
-
-    start: int
-    count: int
-    results: list[ItemResult[Any]] | None = None
-    items: Sequence[Any] = field(default_factory=list)
-    values: list[Any] = field(default_factory=list)
-    attempt: int = 1
-    per_item: float = 0.0
-    worker: str = ""
-    durations: list[float] | None = None
-    ended: float = 0.0
-
-    def item_results(self) -> list[ItemResult[Any]]:
-        if self.results is None:
-            s, a, w = self.start, self.attempt, self.worker
-            durations = self.durations or [self.per_item] * self.count
-            starts = _starts(self.ended, durations)
-            self.results = [
-                ItemResult(s + k, x, True, v, None, a, d, w, False, t)
-                for k, (x, v, d, t) in enumerate(zip(self.items, self.values, durations, starts,
-                                                     strict=True))
-            ]
-        return self.results
-
-
-def _starts(ended: float, durations: Sequence[float]) -> list[float]:
-    """When each of consecutive items started, if the last ended at ``ended``."""
-    out = [0.0] * len(durations)
-    t = ended
-    for k in range(len(durations) - 1, -1, -1):
-        t -= durations[k]
-        out[k] = t
-    return out
-
-
-@dataclass(slots=True)
 class Measured:
     """What successful items cost so far (the auto probe reads it)."""
 
@@ -167,6 +121,7 @@ class Measured:
     wall: float = 0.0
     cpu: float = 0.0
     cpu_items: int = 0  # items whose outcome carried a CPU time
+    waited: float = 0.0  # of the wall time: ready to run, but another had the CPU
 
 
 class Engine:
@@ -223,6 +178,7 @@ class Engine:
         self.attempts_ended = 0  # attempts that ended: reported, timed out or lost with a worker
         self.crashes = 0  # workers that died with a task (lost() with WorkerCrashed)
         self.failure: BaseException | None = None  # all_or_nothing: the first error
+        self.failure_index = -1  # ... and its item's index
         self.fatal: BaseException | None = None  # a backend broke: raised at once
         self.source_error: BaseException | None = None  # raised once what finished is delivered
 
@@ -344,7 +300,16 @@ class Engine:
         # The user's iterator may raise: its error is raised once what was
         # pulled before it has run and been delivered.
         items, exhausted, error = self._source.pull(n)
-        restored = self._restore(items) if self._store is not None and items else None
+        try:
+            restored = self._restore(items) if self._store is not None and items else None
+        except Exception as exc:  # the checkpoint refuses (another job's, damaged, untrusted)
+            with self._lock:
+                self._pulling = False
+                if self.fatal is None:
+                    self.fatal = exc
+                self._stop_locked()
+            self.wake_workers(True)
+            return True
         with self._lock:
             self._pulling = False
             if self._stopped:
@@ -464,6 +429,7 @@ class Engine:
         if outcome.cpu is not None and errors is None:
             m.cpu += outcome.cpu
             m.cpu_items += ok
+            m.waited += outcome.waited or 0.0
         if self._chunks.observe(ok, seconds, self._next_index, outcome.item_bytes):
             self._chunk = self._chunks.size
             self._max_in_flight = max(self._window(self._chunk), self._chunk)
@@ -486,7 +452,7 @@ class Engine:
     ) -> None:
         assert outcome.errors is not None
         durations = outcome.durations or [per_item] * len(outcome.values)
-        starts = _starts(self.to_epoch(now), durations)
+        starts = starts_of(self.to_epoch(now), durations)
         run: list[ItemResult[Any]] = []
         for k, value in enumerate(outcome.values):
             index = task.start + offset + k
@@ -524,7 +490,7 @@ class Engine:
                                              duration, worker, False, started)
         self._settle(Segment(index, 1, results=[result]))
         if self._opts.on_error == "all_or_nothing" and self.failure is None:
-            self.failure = error
+            self.failure, self.failure_index = error, index
             self._stop_locked()
 
     def _settle(self, segment: Segment) -> None:
@@ -631,7 +597,12 @@ class Engine:
 
     # ---------------------------------------------------------------- consumer
     def take(self) -> list[Segment]:
-        """Settled segments ready for delivery (in input order when ordered)."""
+        """Settled segments ready for delivery (in input order when ordered).
+
+        They still count as in flight until the consumer says it has handed
+        them over (``free``): an item is between the input and the caller
+        until the caller has it.
+        """
         out: list[Segment] = []
         with self._lock:
             if self._ordered:
@@ -645,12 +616,15 @@ class Engine:
             else:
                 out.extend(self._fifo)
                 self._fifo.clear()
-            freed = sum(s.count for s in out)
-            was_full = self._outstanding + self._chunk > self._max_in_flight
-            self._outstanding -= freed
-        if freed and was_full:
-            self.wake_workers(False)
         return out
+
+    def free(self, count: int) -> None:
+        """The caller has ``count`` more delivered items: make room for more input."""
+        with self._lock:
+            was_full = self._outstanding + self._chunk > self._max_in_flight
+            self._outstanding -= count
+        if count and was_full:
+            self.wake_workers(False)
 
     def take_settled(self) -> list[Segment]:
         """Segments settled since the last call, in the order they finished

@@ -10,6 +10,7 @@ else::
     ├── InvalidItemsError(ShoalError, TypeError)     ``items`` is not iterable
     ├── BackendUnavailable(ShoalError, ImportError)  optional extra not installed
     ├── CheckpointMismatch(ShoalError, ValueError)   checkpoint made by another job
+    │   └── CheckpointUntrusted(CheckpointMismatch)  a pickled row not signed by your key
     ├── BrokenBackend(ShoalError, RuntimeError)      the pool itself died
     ├── WorkerCrashed(ShoalError, RuntimeError)      per item: its worker died
     ├── NotPicklable(ShoalError, TypeError)          fn/item/result cannot cross
@@ -20,8 +21,13 @@ else::
     ├── RemoteTraceback(ShoalError)                  a worker-side traceback, as __cause__
     ├── InvalidGraphError(ShoalError, TypeError)     a graph wired with something that is
     │                                                not a node, an action or params
-    └── GraphError(ShoalError, RuntimeError)         a graph cannot go on: no start node,
-                                                     or max_steps node runs reached
+    ├── GraphError(ShoalError, RuntimeError)         a graph cannot go on: no start node,
+    │                                                or max_steps node runs reached
+    ├── cli.io.CliError(ShoalError)                  the command line: one line, exit 2
+    ├── cli.io.InvalidRecord(ShoalError, ValueError) per record: an input line that
+    │                                                does not parse
+    ├── CheckpointDamaged(ShoalError, OSError)       the file is corrupt: salvage or start afresh
+    └── CheckpointInUse(ShoalError, RuntimeError)    another run has the checkpoint open
     BatchInterrupted(KeyboardInterrupt)              Ctrl-C; carries the partial report
 """
 
@@ -51,6 +57,27 @@ class BackendUnavailable(ShoalError, ImportError):
 
 class CheckpointMismatch(ShoalError, ValueError):
     """A checkpoint file belongs to another job (other function or items)."""
+
+
+class CheckpointUntrusted(CheckpointMismatch):
+    """A pickled row of a checkpoint is not authenticated by your checkpoint key.
+
+    Loading a pickle can run any code its author chose, so shoal refuses the
+    row (it made the file elsewhere, or someone changed it) unless the
+    checkpoint is opened with ``trust_pickles=True``.
+
+    Attributes:
+        path: the checkpoint file.
+        index: the index of the refused row.
+    """
+
+    def __init__(self, message: str, path: Any = None, index: int | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.index = index
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.path, self.index))
 
 
 class BrokenBackend(ShoalError, RuntimeError):
@@ -114,6 +141,41 @@ class RemoteTraceback(ShoalError):
 
     def __str__(self) -> str:
         return f'\n"""\n{self.tb}"""'
+
+
+class CheckpointDamaged(ShoalError, OSError):
+    """SQLite finds the checkpoint file corrupt ("database disk image is malformed").
+
+    Start afresh with another path, or copy the readable rows into a new file
+    with ``shoal.salvage_checkpoint`` (``shoal report FILE --salvage NEW``).
+
+    Attributes:
+        path: the checkpoint file.
+    """
+
+    def __init__(self, message: str, path: Any = None) -> None:
+        super().__init__(message)  # one argument: OSError would read two as (errno, strerror)
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.path))
+
+
+class CheckpointInUse(ShoalError, RuntimeError):
+    """Another run (this process or another) has the checkpoint open.
+
+    Attributes:
+        path: the checkpoint file.
+        pid: the process holding it, when known.
+    """
+
+    def __init__(self, message: str, path: Any = None, pid: int | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.pid = pid
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.path, self.pid))
 
 
 class BatchInterrupted(KeyboardInterrupt):

@@ -84,7 +84,8 @@ class Probe:
             return None
         self.first = False
         m = engine.measured
-        sample = ProbeSample(m.items, m.wall, m.cpu if m.cpu_items == m.items else m.wall)
+        sample = ProbeSample(m.items, m.wall, m.cpu if m.cpu_items == m.items else m.wall,
+                             waited=m.waited)
         if m.items and not probe_further_in_a_process(sample):
             return None  # tiny, or mostly waiting: nothing more to learn that matters
         engine.limit(PROBE_MAX_ITEMS - engine.attempts_ended)
@@ -107,7 +108,7 @@ class Probe:
         m = engine.measured
         remaining = None if self.total is None else max(0, self.total - engine.pulled)
         cpu = m.cpu if m.cpu_items == m.items else m.wall
-        sample = ProbeSample(m.items, m.wall, cpu, engine.exhausted, remaining)
+        sample = ProbeSample(m.items, m.wall, cpu, engine.exhausted, remaining, m.waited)
         name, why = choose_backend(False, sample, cpu_count(), self.parallel)
         if name == "processes" and name not in self.candidates:
             name, why = "threads", why + self.note  # fn cannot be pickled

@@ -19,7 +19,7 @@ from shoal._backends import Backend, backend_class
 from shoal._backends._base import WarmLookup
 from shoal._core import planner
 from shoal._core.calling import is_async_callable
-from shoal._core.engine import Engine, Segment
+from shoal._core.engine import Engine
 from shoal._core.errors import (
     BatchInterrupted,
     InvalidItemsError,
@@ -28,7 +28,7 @@ from shoal._core.errors import (
 )
 from shoal._core.options import Options
 from shoal._core.probe import Probe
-from shoal._core.results import BatchReport, ItemResult
+from shoal._core.results import BatchReport, Segment
 from shoal._core.source import IterSource, SliceSource, Source
 from shoal._sinks.base import ResultStore, RunInfo, RunObserver
 
@@ -69,7 +69,7 @@ class Run:
         self.started = time.perf_counter()
         self.started_at = time.time()
         self.settings = dict(settings or {})
-        self.delivered: list[ItemResult[Any]] = []  # kept only when a report is wanted
+        self.delivered: list[Segment] = []  # kept only when a report is wanted
         self.closed = False
         source = make_source(items, lambda: self.engine.input_ready())
         self.total: int | None = opts.total
@@ -92,6 +92,8 @@ class Run:
             name = self.probe.kind
         self.backend: Backend = self._make_backend(
             name, Probe.workers if self.probe is not None else None)
+        if self.probe is not None:
+            self.backend.measure_waits = True  # type: ignore[attr-defined]
         self.running: list[Backend] = []  # started (or starting): each is shut down at the end
         self.store: ResultStore | None = _open_store(opts.checkpoint, fn)
         self.observers: list[RunObserver] = []
@@ -217,9 +219,10 @@ class Run:
             obs.on_results(results)
 
     def deliver(self, segs: list[Segment], keep: bool) -> None:
-        """Keep delivered results for the report, when one is wanted."""
+        """Keep delivered results for the report, when one is wanted (as
+        columns: the report makes ItemResults only when they are read)."""
         if keep:
-            self.delivered.extend(r for s in segs for r in s.item_results())
+            self.delivered.extend(segs)
 
     def check(self) -> None:
         """Raise the run's error now, if it has one (all_or_nothing, a broken backend)."""
@@ -227,8 +230,8 @@ class Run:
         error = eng.fatal or eng.failure
         if error is not None:
             if eng.failure is error:
-                add_note(error, "shoal: on_error='all_or_nothing' stopped the batch at this "
-                                "failure")
+                add_note(error, f"shoal: on_error='all_or_nothing' stopped the batch at this "
+                                f"failure, of item {eng.failure_index}")
             raise error
 
     def check_source(self) -> None:
@@ -238,13 +241,13 @@ class Run:
 
     # ---------------------------------------------------------------- ending
     def report(self, interrupted: bool = False) -> BatchReport[Any]:
-        results = self.delivered
+        segments = self.delivered
         if interrupted:
-            results = results + [r for s in self.engine.undelivered() for r in s.item_results()]
-            results.sort(key=lambda r: r.index)
-        return BatchReport(results, self.backend_name, self.reason, self.backend.workers,
+            segments = sorted(segments + self.engine.undelivered(), key=lambda s: s.start)
+        return BatchReport(None, self.backend_name, self.reason, self.backend.workers,
                            time.perf_counter() - self.started, interrupted,
-                           started_at=self.started_at, settings=self.settings)
+                           started_at=self.started_at, settings=self.settings,
+                           segments=segments)
 
     def close(self, report: BatchReport[Any] | None) -> None:
         """Finish the observers and make the checkpoint durable; once."""

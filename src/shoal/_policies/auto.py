@@ -32,6 +32,7 @@ class ProbeSample:
     cpu: float
     exhausted: bool = False  # the input ran out during the probe
     remaining: int | None = None  # items left, when the input has a length
+    waited: float = 0.0  # of ``wall``: ready to run while another had the CPU
 
     @property
     def per_item(self) -> float:
@@ -39,7 +40,10 @@ class ProbeSample:
 
     @property
     def cpu_share(self) -> float:
-        return self.cpu / self.wall if self.wall > 0 else 1.0
+        """CPU time over the time the work could use a CPU: on a busy machine
+        a CPU-bound item waits for one, which is not waiting on I/O."""
+        usable = self.wall - self.waited
+        return min(1.0, self.cpu / usable) if usable > 0 else 1.0
 
 
 def choose_backend(

@@ -274,6 +274,10 @@ def _build_parser() -> _Parser:
     run.add_argument("--checkpoint", metavar="FILE",
                      help="SQLite file recording finished items; re-run the same command to "
                           f"resume (default: none; the demo: {DEMO_CHECKPOINT})")
+    run.add_argument("--trust-pickles", action="store_true",
+                     help="load the pickled values of a --checkpoint made elsewhere, whose "
+                          "tags your checkpoint key does not verify: loading a pickle can run "
+                          "code (default: off)")
     run.add_argument("--chunk-size", type=_chunk_size, default="auto", metavar="N|auto",
                      help="items sent to a worker at once (default: auto: grows for tiny "
                           "items)")
@@ -345,6 +349,9 @@ def _build_parser() -> _Parser:
     rep.add_argument("--html", metavar="OUT.html",
                      help='also write an HTML run report with charts to OUT.html (needs '
                           'pip install "shoal[report]"; default: none)')
+    rep.add_argument("--salvage", metavar="NEW",
+                     help="copy the readable results of a damaged checkpoint into the new "
+                          "checkpoint NEW, and resume with it (default: none)")
     rep.set_defaults(handler=_cmd_report)
     return parser
 
@@ -434,7 +441,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if checkpoint is not None:
             from shoal._sinks.checkpoint import open_checkpoint
 
-            store = open_checkpoint(checkpoint, fn)  # fingerprints fn, not our wrapper
+            # fingerprints fn, not our wrapper
+            store = open_checkpoint(checkpoint, fn, trust_pickles=args.trust_pickles)
         writer = OutputWriter(output)
         return _stream_results(args, fn, source, total, writer, store, checkpoint)
     finally:
@@ -466,12 +474,14 @@ def _stream_results(args: argparse.Namespace, fn: Callable[[Any], Any], source: 
             if r.ok and error_type is not None:
                 tally.unwritable()
         writer.commit()
-    except BatchInterrupted as exc:
+    except BatchInterrupted:
         writer.abandon()
         where = (f"the checkpoint {checkpoint} keeps them: re-run the same command to resume"
                  if checkpoint else "no --checkpoint, so a re-run starts over")
         partial = f"; partial output in {writer.partial}" if writer.partial else ""
-        print(f"shoal: interrupted after {exc.report.total} results; {where}{partial}",
+        # writer.written, not the report's total: imap's report holds only the
+        # results not yet yielded, none of those written.
+        print(f"shoal: interrupted after {writer.written} results; {where}{partial}",
               file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:
@@ -594,7 +604,13 @@ def _when(epoch: float | None) -> str:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from shoal._sinks.checkpoint import stored_failures, summarize
+    from shoal._sinks.checkpoint import salvage_checkpoint, stored_failures, summarize
+
+    if args.salvage is not None:
+        kept = salvage_checkpoint(args.checkpoint, args.salvage)
+        print(f"kept {kept} results of {args.checkpoint} in {args.salvage}; resume with "
+              f"--checkpoint {args.salvage}")
+        return EXIT_OK
 
     s = summarize(args.checkpoint)
     share = f" = {s['ok'] / s['total']:.1%}" if s["total"] else ""

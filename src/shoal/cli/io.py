@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import IO, Any, TextIO
 
 from shoal._core.calling import is_async_callable
+from shoal._core.errors import ShoalError
 from shoal._core.results import BatchReport, ItemResult, format_seconds, format_throughput
 from shoal._sinks.base import RunInfo, RunObserver
 from shoal._sinks.progress import ProgressEvent
@@ -45,7 +46,7 @@ _EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": 
                ".txt": "lines", ".text": "lines", ".log": "lines"}
 
 
-class CliError(Exception):
+class CliError(ShoalError):
     """A problem with the command line: printed as one line, exit status ``code``."""
 
     def __init__(self, message: str, code: int = 2) -> None:
@@ -53,7 +54,7 @@ class CliError(Exception):
         self.code = code
 
 
-class InvalidRecord(ValueError):
+class InvalidRecord(ShoalError, ValueError):
     """An input record could not be parsed; its output record says which line."""
 
 
