@@ -40,13 +40,7 @@ SEQUENTIAL_WORKERS = "sequential: workers=2 is accepted and reported (report.wor
                      "items run one at a time; refuse it or report 1, issue 11"
 REST_OF_CHUNK_RUNS = "{}: under all_or_nothing the items after a failure still start (the rest " \
                      "of its chunk and the next chunk), issue 11"
-IN_FLIGHT = "{}: more than max_in_flight items are pulled ahead of the caller: capacity is " \
-            "freed when the consumer takes a batch of results, before imap yields them (core: " \
-            "engine.take / consumer), issue 11"
 # A race, so not strict: it fails about half the runs.
-IN_FLIGHT_XFAILS = {
-    **{name: IN_FLIGHT.format(name) for name in ("threads", "asyncio", "processes", "dask")},
-    "auto": IN_FLIGHT.format("auto (it chooses threads here)")}
 RECYCLE_JOIN = "{}: max_items_per_worker recycling fails the run with RuntimeError('cannot " \
                "join thread before it is started') about half the time: a replacement thread " \
                "is made and listed before it is started, and shutdown joins it (threads " \
@@ -276,7 +270,7 @@ def _most_ahead(backend: str, folder: Path, opts: dict[str, Any], **options: Any
     return most
 
 
-@pytest.mark.parametrize("backend", kit.every(xfail=IN_FLIGHT_XFAILS))
+@pytest.mark.parametrize("backend", kit.every())
 def test_max_in_flight_bounds_what_is_pulled_ahead(backend: str, opts: dict[str, Any],
                                                    folder: Path) -> None:
     assert _most_ahead(backend, folder, opts, max_in_flight=6, workers=2) <= 6
@@ -531,7 +525,7 @@ def test_progress_with_retries_counts_items_not_attempts(
     assert (events[-1].done, events[-1].total, events[-1].failed) == (6, 6, 1)
 
 
-@pytest.mark.parametrize("backend", kit.every(xfail=IN_FLIGHT_XFAILS))
+@pytest.mark.parametrize("backend", kit.every())
 def test_max_in_flight_with_chunk_size(backend: str, opts: dict[str, Any],
                                        folder: Path) -> None:
     """A chunk larger than max_in_flight is cut to fit: the memory bound wins."""

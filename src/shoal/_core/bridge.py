@@ -197,35 +197,35 @@ def _nothing() -> None:
     return None
 
 
-def iterate_in_thread(
-    make: Callable[[], AsyncIterator[T]], maxsize: int = 64
-) -> Iterator[T]:
+def iterate_in_thread(make: Callable[[], AsyncIterator[T]]) -> Iterator[T]:
     """Iterate an async iterator from synchronous code.
 
-    The async iterator runs on its own loop in a helper thread; values cross
-    through a bounded queue (so a slow consumer holds the producer back). When
-    the consumer stops early the async iterator is cancelled and closed.
+    The async iterator runs on its own loop in a helper thread and is pulled
+    only when the caller asks for the next value: nothing is fetched ahead,
+    so a value that reaches the async side's consumer (``imap`` frees room
+    in the run's ``max_in_flight`` then) is one the caller has. Each value
+    costs one wake-up of each thread. When the caller stops early the async
+    iterator is cancelled and closed.
     """
     import asyncio
 
-    q: queue.Queue[Any] = queue.Queue(maxsize=maxsize)
-    stop = threading.Event()
-    loop_box: dict[str, Any] = {}
+    values: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    box: dict[str, Any] = {}  # the pump's loop, task and request queue, once it runs
+    started = threading.Event()
 
     async def pump() -> None:
-        loop_box["task"] = asyncio.current_task()
-        loop_box["loop"] = asyncio.get_running_loop()
+        wants: asyncio.Queue[None] = asyncio.Queue()
+        box.update(loop=asyncio.get_running_loop(), task=asyncio.current_task(), wants=wants)
+        started.set()
         agen = make()
         try:
-            async for value in agen:
-                while True:
-                    if stop.is_set():
-                        return
-                    try:
-                        q.put_nowait(value)
-                        break
-                    except queue.Full:
-                        await asyncio.sleep(0.005)
+            while True:
+                await wants.get()  # the caller asks for one more value
+                try:
+                    value = await agen.__anext__()
+                except StopAsyncIteration:
+                    return
+                values.put(value)
         finally:
             aclose = getattr(agen, "aclose", None)
             if aclose is not None:
@@ -237,30 +237,35 @@ def iterate_in_thread(
         except asyncio.CancelledError:
             pass
         except BaseException as exc:
-            q.put(_Raised(exc))
-        q.put(_DONE)
+            values.put(_Raised(exc))
+        finally:
+            started.set()
+            values.put(_DONE)
 
     t = threading.Thread(target=target, name="shoal-aiter", daemon=True)
     t.start()
+    started.wait()
     try:
         while True:
-            got = q.get()
+            _ask(box)
+            got = values.get()
             if got is _DONE:
                 return
             if isinstance(got, _Raised):
                 raise got.error
             yield got
     finally:
-        stop.set()
-        loop = loop_box.get("loop")
-        task = loop_box.get("task")
-        if t.is_alive() and loop is not None and task is not None:
-            try:
-                loop.call_soon_threadsafe(task.cancel)
-            except RuntimeError:  # loop already closed
-                pass
-        while t.is_alive():
-            try:  # unblock a producer waiting on a full queue
-                q.get(timeout=0.05)
-            except queue.Empty:
-                pass
+        _cancel_threadsafe(box.get("loop"), box.get("task"))
+        t.join()
+
+
+def _ask(box: dict[str, Any]) -> None:
+    """Ask the pump for one more value (if it still runs: else what it
+    sent last, its error or its end, is in the queue already)."""
+    loop = box.get("loop")
+    if loop is None:
+        return
+    try:
+        loop.call_soon_threadsafe(box["wants"].put_nowait, None)
+    except RuntimeError:  # the loop has closed
+        pass
