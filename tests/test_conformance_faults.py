@@ -42,7 +42,7 @@ pytestmark = pytest.mark.timeout(60)
 TESTS = Path(__file__).parent
 IN_PROCESS = ("sequential", "threads", "asyncio")
 
-DASK_UNPICKLE = "dask: an {} that cannot be unpickled fails alone, but with the raw error of " \
+DASK_UNPICKLE = "dask: {} that cannot be unpickled fails alone, but with the raw error of " \
                 "its unpickling (RuntimeError), not NotPicklable as on processes, issue 11"
 SLOW_FIRST_CHUNK = "{}: the first pull of a chunk of several items blocks in the input's " \
                    "next() until the chunk is full, so item 0 is yielded only when record 1 " \
@@ -184,7 +184,7 @@ def test_an_item_that_cannot_be_pickled(backend: str, opts: dict[str, Any],
     _only_item_2_fails_if_it_crosses(backend, report, lock, NotPicklable, "cannot be pickled")
 
 
-@pytest.mark.parametrize("backend", kit.every(xfail={"dask": DASK_UNPICKLE.format("item")}))
+@pytest.mark.parametrize("backend", kit.every(xfail={"dask": DASK_UNPICKLE.format("an item")}))
 def test_an_item_that_cannot_be_unpickled(backend: str, opts: dict[str, Any],
                                           no_child_left: None) -> None:
     bad = kit.Unloadable()
@@ -199,7 +199,7 @@ def test_a_value_that_cannot_be_pickled(backend: str, opts: dict[str, Any],
     _only_item_2_fails_if_it_crosses(backend, report, None, NotPicklable, "cannot be pickled")
 
 
-@pytest.mark.parametrize("backend", kit.every(xfail={"dask": DASK_UNPICKLE.format("value")}))
+@pytest.mark.parametrize("backend", kit.every(xfail={"dask": DASK_UNPICKLE.format("a value")}))
 def test_a_value_that_cannot_be_unpickled(backend: str, opts: dict[str, Any],
                                           no_child_left: None) -> None:
     report = shoal.run(kit.Cross(value=2, what="unloadable"), range(4), **opts)
