@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 from typing import Any
 
 import pytest
@@ -37,7 +38,7 @@ class Gauge:
 
 def test_workers_bound_the_concurrency_within_a_lot() -> None:
     gauge = Gauge()
-    values = shoal.map(gauge, [0.01] * 50, backend="asyncio", workers=7)
+    values: list[Any] = shoal.map(gauge, [0.01] * 50, backend="asyncio", workers=7)
     assert values == [0.01] * 50
     assert gauge.peak == 7
 
@@ -50,7 +51,7 @@ def test_a_lot_finished_out_of_order_is_delivered_in_order() -> None:
         await asyncio.sleep(x[1])
         return x[0]
 
-    out = shoal.map(echo, list(enumerate(delays)), backend="asyncio", workers=50)
+    out: list[Any] = shoal.map(echo, list(enumerate(delays)), backend="asyncio", workers=50)
     assert out == list(range(300))
 
 
@@ -117,26 +118,36 @@ def test_failures_and_retries_inside_a_lot() -> None:
         i: 2 for i in range(0, 40, 3) if i % 10 != 5}
 
 
-def test_a_base_exception_from_fn_ends_the_run() -> None:
+@pytest.mark.parametrize("timeout", [None, 5.0])
+def test_a_base_exception_from_fn_fails_its_item_alone(timeout: float | None) -> None:
+    """SystemExit (argparse rejecting a record) is one item's failure, as on
+    every backend; with a timeout the item runs in a task of its own, which
+    would re-raise SystemExit out of the event loop if it were not carried."""
     class Fatal(BaseException):
         pass
 
     async def fatal(x: int) -> int:
+        await asyncio.sleep(0.001)
         if x == 3:
             raise Fatal("stop everything")
-        await asyncio.sleep(0.001)
+        if x == 5:
+            raise SystemExit(2)
         return x
 
-    with pytest.raises(Fatal):
-        shoal.map(fatal, range(20), backend="asyncio", workers=4)
+    report = shoal.run(fatal, range(20), backend="asyncio", workers=4, timeout=timeout)
+    assert [r.index for r in report.failures] == [3, 5]
+    assert isinstance(report.results[3].error, Fatal)
+    assert isinstance(report.results[5].error, SystemExit)
+    assert report.succeeded == 18
+    with pytest.raises(Fatal):  # all_or_nothing raises the item's own exception
+        shoal.map(fatal, range(20), backend="asyncio", workers=4, timeout=timeout)
 
 
 @pytest.mark.parametrize("max_in_flight", [1, 5])
 def test_max_in_flight_bounds_the_lot(max_in_flight: int) -> None:
     """50 workers would take a lot of 50; max_in_flight keeps what is pulled
-    ahead of the consumer (this coroutine) within its bound. A batch of
-    results delivered together is iterated before the engine can pull again,
-    so the bound is checked with one window of slack."""
+    ahead of the consumer (this coroutine) within its bound: an item counts
+    until the consumer has it."""
     pulled: list[int] = []
 
     def source() -> Any:
@@ -153,7 +164,7 @@ def test_max_in_flight_bounds_the_lot(max_in_flight: int) -> None:
             worst = max(worst, len(pulled) - seen)
         return worst
 
-    assert asyncio.run(consume()) <= 2 * max_in_flight
+    assert asyncio.run(consume()) <= max_in_flight
 
 
 @pytest.mark.parametrize("workers", [1, 20])
@@ -170,7 +181,152 @@ def test_a_retry_after_the_input_ends_still_runs(workers: int) -> None:
         return x
 
     policy = shoal.RetryPolicy(retries=1, backoff=0.05)
-    report = shoal.run(fail_once, range(20), backend="asyncio", workers=workers,
-                       retries=policy)
+    report: shoal.BatchReport[Any] = shoal.run(fail_once, range(20), backend="asyncio",
+                                               workers=workers, retries=policy)
     assert report.values == list(range(20))
     assert all(r.attempts == 2 for r in report.results)
+
+
+class Stubborn:
+    """An item coroutine that swallows every ``CancelledError`` until the test
+    lets it go (``let_go``): a timeout can fail it but never stop it."""
+
+    def __init__(self) -> None:
+        self.let_go = threading.Event()
+        self.cancels = 0
+        self.ended = threading.Event()
+
+    async def __call__(self, x: int) -> int:
+        if x != 1:
+            await asyncio.sleep(0.001)
+            return x
+        try:
+            while not self.let_go.is_set():
+                try:
+                    await asyncio.sleep(0.01)
+                except asyncio.CancelledError:
+                    self.cancels += 1
+            return x
+        finally:
+            self.ended.set()
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("call", ["map", "run", "imap"])
+def test_an_item_that_swallows_its_cancellation_is_abandoned(call: str) -> None:
+    """The item fails with TimeoutError, the others run, and the run returns:
+    neither the worker nor the loop shoal owns waits for the stubborn item,
+    which is left to end on its own, as an abandoned thread is."""
+    stubborn = Stubborn()
+    opts: dict[str, Any] = {"backend": "asyncio", "workers": 2, "timeout": 0.3}
+    out: list[Any]
+    try:
+        if call == "map":
+            out = shoal.map(stubborn, range(6), on_error="collect_errors", **opts)
+        elif call == "run":
+            out = [r.value if r.ok else r.error for r in shoal.run(stubborn, range(6), **opts)
+                   .results]
+        else:
+            out = [r.value if r.ok else r.error for r in shoal.imap(stubborn, range(6), **opts)]
+        assert isinstance(out.pop(1), TimeoutError)
+        assert out == [0, 2, 3, 4, 5]
+        assert stubborn.cancels >= 1  # it was cancelled, and shrugged it off
+        assert not stubborn.ended.is_set()  # still running: left behind, not waited for
+    finally:
+        stubborn.let_go.set()
+    assert stubborn.ended.wait(5)  # and it ends on its own once it wants to
+    leftover = [t for t in threading.enumerate() if t.name == "shoal-loop-left"]
+    for t in leftover:  # the loop it was left on closes after it
+        t.join(5)
+        assert not t.is_alive()
+
+
+@pytest.mark.timeout(20)
+def test_a_stubborn_item_does_not_hold_up_amap_on_the_callers_loop() -> None:
+    stubborn = Stubborn()
+
+    async def main() -> list[Any]:
+        try:
+            return await shoal.amap(stubborn, range(4), backend="asyncio", timeout=0.3,
+                                    on_error="collect_errors")
+        finally:
+            stubborn.let_go.set()  # the caller's loop is the caller's: let asyncio.run end
+
+    out = asyncio.run(main())
+    assert isinstance(out[1], TimeoutError) and out[:1] + out[2:] == [0, 2, 3]
+
+
+@pytest.mark.timeout(20)
+def test_a_stubborn_item_does_not_hold_up_a_failed_run() -> None:
+    """all_or_nothing cancels the running items; one that ignores that is left
+    behind after a short grace, so the failure is raised promptly."""
+    stubborn = Stubborn()
+
+    async def fail_late(x: int) -> int:
+        if x == 3:
+            await asyncio.sleep(0.05)
+            raise ValueError("item 3 is bad")
+        return await stubborn(x)
+
+    try:
+        with pytest.raises(ValueError, match="item 3 is bad"):
+            shoal.map(fail_late, range(4), backend="asyncio", workers=4)
+        assert not stubborn.ended.is_set()
+    finally:
+        stubborn.let_go.set()
+    assert stubborn.ended.wait(5)
+
+
+def test_workers_start_as_items_need_them() -> None:
+    """workers=100_000 for 3 items starts no more than a few coroutines."""
+    seen: list[int] = []
+
+    async def count_tasks(x: int) -> int:
+        seen.append(len(asyncio.all_tasks()))
+        await asyncio.sleep(0.001)
+        return x
+
+    out: list[Any] = shoal.map(count_tasks, range(3), backend="asyncio", workers=100_000)
+    assert out == [0, 1, 2]
+    assert max(seen) <= 8
+
+
+def test_max_items_per_worker_is_refused() -> None:
+    """Coroutines on one loop have nothing of their own to recycle."""
+    async def one(x: int) -> int:
+        return x
+
+    with pytest.raises(shoal.InvalidOptionError, match='max_items_per_worker is not supported '
+                                                       'by backend="asyncio"'):
+        shoal.map(one, range(3), backend="asyncio", max_items_per_worker=2)
+
+
+@pytest.mark.parametrize("honour", [True, False])
+def test_a_timed_out_item_does_not_cost_its_worker(monkeypatch: pytest.MonkeyPatch,
+                                                   honour: bool) -> None:
+    """Whether the item honours its cancellation at once or swallows it, its
+    worker goes on with the next item: one worker runs the whole batch."""
+    from shoal._backends._asyncio import AsyncioBackend
+
+    spawned: list[int] = []
+    spawn = AsyncioBackend._spawn
+
+    def counted(self: AsyncioBackend) -> None:
+        spawned.append(1)
+        spawn(self)
+
+    monkeypatch.setattr(AsyncioBackend, "_spawn", counted)
+    stubborn = Stubborn()
+
+    async def item(x: int) -> int:
+        if x == 1 and honour:
+            await asyncio.sleep(30)
+        return await stubborn(x)
+
+    try:
+        report = shoal.run(item, range(4), backend="asyncio", workers=1, timeout=0.2)
+    finally:
+        stubborn.let_go.set()
+    assert [type(r.error).__name__ if r.error else r.value for r in report.results] == [
+        0, "TimeoutError", 2, 3]
+    assert len(spawned) == 1

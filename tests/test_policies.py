@@ -119,3 +119,31 @@ def test_auto_sends_cpu_work_to_processes_when_worth_it() -> None:
 def test_auto_reports_an_input_finished_during_the_probe() -> None:
     name, why = choose_backend(False, ProbeSample(3, 0.3, 0.3, exhausted=True), 2)
     assert name == "sequential" and "during the probe" in why
+
+
+def test_retry_delay_never_overflows() -> None:
+    """factor ** attempt outgrows a float after ~1000 attempts: the delay is
+    then max_delay, not an OverflowError in the engine."""
+    policy = RetryPolicy(retries=5000, backoff=0.1, factor=2.0, max_delay=7.0, jitter=0.0)
+    assert policy.delay(2000) == 7.0
+    assert RetryPolicy(retries=5000, backoff=0.0, factor=2.0, jitter=0.0).delay(2000) == 0.0
+
+
+def test_retry_delay_stays_within_what_a_thread_can_wait() -> None:
+    from shoal._core.validators import MAX_SECONDS
+
+    policy = RetryPolicy(retries=3, backoff=MAX_SECONDS, max_delay=MAX_SECONDS, jitter=1e300)
+    assert policy.delay(1) == MAX_SECONDS
+
+
+def test_ctrl_c_and_exits_are_never_retried() -> None:
+    policy = RetryPolicy(retries=3, backoff=0, retry_on=BaseException)
+    assert policy.delay_before_retry(1, SystemExit(2)) is None
+    assert policy.delay_before_retry(1, KeyboardInterrupt()) is None
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 10**400, (10, "5"), ("10", 5),
+                                 (10, 2.5), [10], True])
+def test_rate_option_rejects_bad_values(bad: object) -> None:
+    with pytest.raises(shoal.InvalidOptionError):
+        as_rate_limit(bad)  # type: ignore[arg-type]

@@ -20,8 +20,14 @@ Everything here runs on the loop's thread (completions and the consumer too),
 so nothing needs a lock. With a timeout, lots have one item and each item
 runs in an ``asyncio.Task`` of its own, so that a timed-out item is cancelled
 for real (``CancelledError`` inside the user's coroutine) and its worker goes
-on with the next item. With a rate limit, lots have one item too: the token
-bucket then acts per item.
+on with the next item at once, without waiting for the cancellation to be
+honoured: a coroutine that swallows it is abandoned, as the thread backend
+abandons a thread (``_own_task``). With a rate limit, lots have one item too:
+the token bucket then acts per item.
+
+Workers start as lots bring items for them, up to ``workers``; an item's
+exception, ``SystemExit`` included, is that item's failure (only Ctrl-C and
+cancellation end the run).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from shoal._backends._base import Backend, Traits
+from shoal._core.bridge import CANCEL_GRACE
 from shoal._core.calling import Outcome
 from shoal._core.engine import WAIT_FOR_SIGNAL, Wait, Work
 
@@ -98,8 +105,10 @@ class AsyncioBackend(Backend):
     # The "chunk" is the lot: how many items are pulled from the input at
     # once (the planner makes it min(LOT_MAX, workers)); items still go to
     # workers one by one. Timeouts and rate limits act per item: lots of one.
+    # max_items_per_worker is refused: the workers are coroutines of one
+    # process and one loop, with nothing of their own to recycle.
     traits = Traits("asyncio", default_workers=lambda: 100, runs_on_loop=True,
-                    shared_lots=LOT_MAX)
+                    shared_lots=LOT_MAX, recycles_workers=False)
 
     def start(self, engine: Engine) -> None:
         self._engine = engine
@@ -108,15 +117,17 @@ class AsyncioBackend(Backend):
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._lot: _Lot | None = None
         self._dirty: list[_Lot] = []  # lots with finished, unreported items
-        self._inner: dict[Task, asyncio.Future[Any]] = {}  # timed item -> its own task
+        # timed item -> its own task, and the future its worker waits on
+        self._inner: dict[Task, tuple[asyncio.Future[Any], asyncio.Future[bool]]] = {}
         self._closing = False
         self._halted = False  # closing, or the engine stopped: start no more items
         self._live = 0  # workers that have not ended
         init = self.options.initializer
         self._ready = None if init is None else self._loop.create_task(self._initialize(init))
         self._workers: list[asyncio.Task[None]] = []
-        for _ in range(self.workers):
-            self._spawn()
+        # One worker to begin with; the others start as lots bring items for
+        # them (``_wake``), so workers=10_000 for 3 items starts 3 coroutines.
+        self._spawn()
 
     def _spawn(self) -> None:
         self._live += 1
@@ -147,8 +158,9 @@ class AsyncioBackend(Backend):
             if not fut.done():
                 fut.set_result(None)
                 count -= 1
-        if not everyone and count > 0 and self._live < self.workers and not self._halted:
-            self._spawn()
+        if not everyone and not self._halted:
+            for _ in range(min(count, self.workers - self._live)):
+                self._spawn()
 
     async def _wait(self, seconds: float) -> None:
         fut: asyncio.Future[None] = self._loop.create_future()
@@ -194,8 +206,8 @@ class AsyncioBackend(Backend):
                     if not isinstance(got, Work):
                         return  # DONE
                     lot = self._lot = _Lot(got.task)
-                    if self._waiters and lot.size > 1:
-                        self._wake(count=lot.size - 1)  # idle workers: there is work
+                    if lot.size > 1 and (self._waiters or self._live < self.workers):
+                        self._wake(count=lot.size - 1)  # idle or new workers: there is work
                 k = lot.next
                 lot.next = k + 1
                 started = clock()
@@ -203,11 +215,13 @@ class AsyncioBackend(Backend):
                     value = fn(lot.items[k])
                     if type(value) is _COROUTINE or inspect.isawaitable(value):
                         value = await (self._own_task(lot.task, value) if timed else value)
-                except asyncio.CancelledError:
-                    if self._closing or not lot.task.closed:
-                        raise
+                except _Abandoned:
                     continue  # our item timed out; the engine has failed it already
-                except Exception as exc:
+                except (KeyboardInterrupt, asyncio.CancelledError, GeneratorExit):
+                    raise
+                except BaseException as exc:  # SystemExit too: one item's failure
+                    if isinstance(exc, _Carried):
+                        exc = exc.error
                     value = None
                     failed = True
                     if lot.errors is None:
@@ -225,22 +239,49 @@ class AsyncioBackend(Backend):
                     # stop before this worker starts another item.
                     failed = False
                     self._report()
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):
             raise
-        except BaseException as exc:  # SystemExit & co. from fn: the run cannot go on
+        except BaseException as exc:  # Ctrl-C in fn, or a bug here: the run cannot go on
             engine.fail_run(exc)
             raise
         finally:
             self._live -= 1
 
     async def _own_task(self, task: Task, aw: Any) -> Any:
-        # Its own task, so that abandon() cancels this item and nothing else.
-        inner = asyncio.ensure_future(aw)
-        self._inner[task] = inner
+        """Await ``aw`` in a task of its own, so that ``abandon`` can cancel
+        this item and nothing else, and need not wait for it to end.
+
+        The worker waits on ``gate``, resolved when the item ends or when it
+        is abandoned: an item that swallows its ``CancelledError`` then keeps
+        running on its own (its result is dropped) while the worker goes on,
+        as an abandoned thread does on the thread backend.
+
+        Raises:
+            _Abandoned: the item timed out and was left behind.
+            _Carried: the item raised a BaseException that a task would
+                re-raise out of the event loop (``SystemExit``).
+        """
+        inner = asyncio.ensure_future(_carry(aw))
+        # True once abandoned; False once the item ended (whichever comes first).
+        gate: asyncio.Future[bool] = self._loop.create_future()
+        inner.add_done_callback(lambda _: _resolve(gate, False))
+        self._inner[task] = (inner, gate)
         try:
-            return await inner
+            abandoned = await gate
+        except asyncio.CancelledError:  # the worker is cancelled: so is its item
+            inner.cancel()
+            raise
         finally:
             self._inner.pop(task, None)
+        if abandoned:
+            # Even if the item already honoured its cancellation, the
+            # CancelledError is ours, not the worker's: it goes on.
+            if inner.done():
+                _forget(inner)
+            else:
+                inner.add_done_callback(_forget)
+            raise _Abandoned
+        return inner.result()
 
     def _report(self) -> None:
         """Report what finished during this turn of the loop, run by run."""
@@ -250,9 +291,13 @@ class AsyncioBackend(Backend):
                 self._engine.complete(lot.task, lot.outcome(first, stop), at=first)
 
     def abandon(self, task: Task) -> None:
-        inner = self._inner.get(task)
-        if inner is not None:
+        """Cancel the timed-out item and let its worker go on at once (see
+        ``_own_task``): it never waits for the item to honour the cancellation."""
+        held = self._inner.get(task)
+        if held is not None:
+            inner, gate = held
             inner.cancel()
+            _resolve(gate, True)
 
     def shutdown(self, cancel: bool) -> None:
         self._closing = cancel
@@ -270,17 +315,53 @@ class AsyncioBackend(Backend):
     async def ashutdown(self, cancel: bool) -> None:
         """Stop, then wait for the workers to end. Most have ended already:
         only the others are waited for (a gather over 10,000 finished tasks
-        costs a callback each)."""
+        costs a callback each).
+
+        Cancelled workers get ``CANCEL_GRACE`` seconds to end: one whose item
+        swallows the cancellation is left to end on its own, rather than
+        holding up Ctrl-C or the error that stopped the run.
+        """
         self.shutdown(cancel)
         tasks = self._workers if self._ready is None else [self._ready, *self._workers]
         running = [t for t in tasks if not t.done()]
         if running:
-            await asyncio.wait(running)
+            await asyncio.wait(running, timeout=CANCEL_GRACE if cancel else None)
         for t in tasks:
-            if not t.cancelled():
+            if not t.done():
+                t.add_done_callback(_forget)
+            elif not t.cancelled():
                 t.exception()  # retrieved: the run has reported it (fail_run)
 
 
-def _resolve(fut: asyncio.Future[None]) -> None:
+def _resolve(fut: asyncio.Future[Any], value: Any = None) -> None:
     if not fut.done():
-        fut.set_result(None)
+        fut.set_result(value)
+
+
+class _Abandoned(Exception):
+    """The worker's item timed out and was left to end on its own."""
+
+
+class _Carried(Exception):
+    """A ``BaseException`` of an item run in a task of its own, carried out of
+    it: a task re-raises ``SystemExit`` out of the event loop itself."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+async def _carry(aw: Any) -> Any:
+    try:
+        return await aw
+    except (KeyboardInterrupt, asyncio.CancelledError, GeneratorExit, Exception):
+        raise
+    except BaseException as exc:
+        raise _Carried(exc) from None
+
+
+def _forget(task: asyncio.Future[Any]) -> None:
+    """An abandoned item ended: its outcome is dropped (retrieved, so that
+    asyncio does not log it as never retrieved)."""
+    if not task.cancelled():
+        task.exception()

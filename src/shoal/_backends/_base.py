@@ -53,6 +53,9 @@ class Traits:
             a per-item deadline (elsewhere a timeout means one item per task).
         isolates_crashes: a worker that dies costs one item, not the run.
         recycles_workers: honours ``max_items_per_worker``.
+        dispatcher_reads_results: one thread both asks the engine for work
+            and reads results, so an input whose ``next()`` blocks is read
+            by a reader thread from the start (results are never held back).
     """
 
     name: str
@@ -64,6 +67,7 @@ class Traits:
     streams_items: bool = False
     isolates_crashes: bool = False
     recycles_workers: bool = True
+    dispatcher_reads_results: bool = False
 
 
 class Backend(ABC):

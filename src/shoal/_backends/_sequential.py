@@ -22,7 +22,7 @@ class SequentialBackend(InlineBackend):
     """No pool at all; the lowest overhead, and the baseline of every benchmark."""
 
     traits = Traits(
-        "sequential", default_workers=lambda: 1, inline=True,
+        "sequential", default_workers=lambda: 1, inline=True, recycles_workers=False,
         # Nothing crosses to a worker: a chunk only saves the engine's
         # per-task bookkeeping, so 2 ms of work is plenty.
         chunking=ChunkParams(target_seconds=0.002, min_seconds=0.002, growth=64.0,
@@ -38,8 +38,15 @@ class SequentialBackend(InlineBackend):
     def step(self, engine: Engine) -> Wait | None:
         got = engine.acquire()
         if isinstance(got, Work):
-            engine.complete(got.task, run_chunk(self._call, got.task.items, self.worker_label,
-                                                stop_on_error=self._stop_on_error))
+            try:
+                outcome = run_chunk(self._call, got.task.items, self.worker_label,
+                                    stop_on_error=self._stop_on_error)
+            except KeyboardInterrupt as interrupt:
+                partial = getattr(interrupt, "shoal_partial", None)
+                if partial is not None and partial.values:  # what finished before Ctrl-C
+                    engine.complete(got.task, partial)
+                raise
+            engine.complete(got.task, outcome)
             return None
         return got if isinstance(got, Wait) else None
 

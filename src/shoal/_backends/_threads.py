@@ -119,13 +119,13 @@ class ThreadBackend(Backend):
             worker = _Worker()
             self._workers.append(worker)
             if self._warm is None:
+                # Started under the lock: shutdown() never sees (and joins) a
+                # listed thread that has not started yet.
                 worker.thread = threading.Thread(
                     target=self._run_cold, args=(worker,), daemon=True,
                     name=f"shoal-{self._pool}-{next(self._names)}")
-        if self._warm is None:
-            assert worker.thread is not None
-            worker.thread.start()
-        elif not self._warm.launch(self, worker):  # the warm set is closing
+                worker.thread.start()
+        if self._warm is not None and not self._warm.launch(self, worker):  # closing
             self._leave(worker)
 
     def wake(self, everyone: bool) -> None:

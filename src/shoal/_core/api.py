@@ -17,6 +17,7 @@ values); ``documented`` gives each call its runtime signature and help.
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import AsyncGenerator, Callable, Coroutine, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
@@ -24,6 +25,7 @@ from shoal._backends._base import WarmLookup
 from shoal._core.arguments import spread
 from shoal._core.bridge import arun, iterate_in_thread
 from shoal._core.consumer import asegments, segments
+from shoal._core.errors import BatchInterrupted
 from shoal._core.options import OnError, Options
 from shoal._core.results import BatchReport, ItemResult, Segment
 from shoal._core.run import Run
@@ -85,17 +87,24 @@ def _guard(run: Run) -> Iterator[None]:
         raise
 
 
+#: The partial report of a run whose coroutine consumer was cancelled
+#: (``_aguard``), for the synchronous caller to raise (``_on_loop``): results
+#: that finished but were not delivered can be taken from the engine once.
+_cut_short: weakref.WeakKeyDictionary[Run, BatchInterrupted] = weakref.WeakKeyDictionary()
+
+
 @contextlib.contextmanager
 def _aguard(run: Run) -> Iterator[None]:
     """``_guard`` for a coroutine consumer: cancellation (how a loop delivers
     Ctrl-C to a task) closes the observers with the partial report and
-    propagates; the synchronous caller then raises ``BatchInterrupted``."""
+    propagates; the synchronous caller then raises ``BatchInterrupted`` with
+    that report."""
     import asyncio  # loaded already: the consumer runs on a loop
 
     try:
         yield
     except (KeyboardInterrupt, asyncio.CancelledError):
-        run.close(run.report(interrupted=True))
+        _cut_short[run] = run.interrupted()  # records what settled, builds the report, closes
         raise
     except BaseException:
         run.close(None)
@@ -111,7 +120,7 @@ def _on_loop(run: Run, coro: Any) -> Any:
     try:
         return arun(coro)
     except KeyboardInterrupt:
-        raise run.interrupted() from None
+        raise (_cut_short.pop(run, None) or run.interrupted()) from None
 
 
 # ----------------------------------------------------------------- consumers
@@ -130,7 +139,7 @@ def map_values(run: Run) -> list[Any]:
     out: list[Any] = []
     with _guard(run), contextlib.closing(segments(run)) as stream_:
         for segs in stream_:
-            run.deliver(segs, keep=False)
+            run.deliver(segs, keep=True)  # kept for BatchInterrupted.report
             _values(segs, run.opts.on_error, out)
     run.close(None)
     return out
@@ -188,7 +197,7 @@ async def amap_values(run: Run) -> list[Any]:
     with _aguard(run):
         async with contextlib.aclosing(asegments(run)) as stream_:
             async for segs in stream_:
-                run.deliver(segs, keep=False)
+                run.deliver(segs, keep=True)  # kept for BatchInterrupted.report
                 _values(segs, run.opts.on_error, out)
     run.close(None)
     return out

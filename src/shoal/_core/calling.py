@@ -147,7 +147,11 @@ def run_chunk(
         try:
             values.extend(map(call, it))
             break
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as interrupt:
+            # The items that finished before Ctrl-C are kept: the inline
+            # backend reports them before the interrupt reaches the caller.
+            interrupt.shoal_partial = Outcome(  # type: ignore[attr-defined]
+                values, errors, time.perf_counter() - start, worker, stopped=True)
             raise
         except BaseException as exc:
             if errors is None:

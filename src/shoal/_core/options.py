@@ -25,12 +25,15 @@ chunk_size     ``"auto"``                   items sent to a worker at once (asyn
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from shoal._core.errors import InvalidOptionError
+from shoal._core.validators import did_you_mean, seconds, whole_number
 from shoal._policies.rate import RateLimit, as_rate_limit
 from shoal._policies.retry import RetryPolicy, as_retry_policy
 
@@ -120,9 +123,13 @@ class Options:
     def from_kwargs(cls, on_error_default: OnError, kwargs: Mapping[str, Any]) -> Options:
         """Validate user keyword arguments.
 
+        Every value is checked here, before the run starts a worker or pulls
+        an item, and stored in the form the engine uses (a plain int or
+        float, a tuple, a ``RetryPolicy``, a ``RateLimit``).
+
         Raises:
             InvalidOptionError: an unknown option (with the closest known name)
-                or a value out of range, naming the fix.
+                or a bad value, naming the problem and the fix.
         """
         known = {f.name for f in fields(cls)}
         for name in kwargs:
@@ -137,48 +144,109 @@ class Options:
         values["retries"] = as_retry_policy(values.get("retries"))
         values["rate"] = as_rate_limit(values.get("rate"))
         opts = cls(**values)
-        opts._validate()
-        return opts
+        return dataclasses.replace(opts, **opts._validated())
 
-    def _validate(self) -> None:
-        if self.backend not in BACKENDS:
-            close = difflib.get_close_matches(str(self.backend), BACKENDS, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+    def _validated(self) -> dict[str, Any]:
+        """Check every value; return the ones to store in another form."""
+        clean: dict[str, Any] = {}
+        if not isinstance(self.backend, str) or self.backend not in BACKENDS:
             raise InvalidOptionError(
-                f"unknown backend {self.backend!r}{hint}; choose one of {', '.join(BACKENDS)}"
+                f"unknown backend {self.backend!r}{did_you_mean(self.backend, BACKENDS)}; "
+                f"choose one of {', '.join(BACKENDS)}"
             )
-        _positive_int("workers", self.workers)
-        _positive_int("max_in_flight", self.max_in_flight)
-        _positive_int("total", self.total, allow_zero=True)
-        _positive_int("max_items_per_worker", self.max_items_per_worker)
+        for name, low, fix in _COUNTS:
+            value = getattr(self, name)
+            if value is not None:
+                clean[name] = whole_number(name, value, low=low, fix=fix)
         if self.chunk_size != "auto":
-            _positive_int("chunk_size", self.chunk_size, hint='or "auto"')
-        if self.on_error not in ON_ERROR_CHOICES:
+            clean["chunk_size"] = whole_number("chunk_size", self.chunk_size, low=1,
+                                               fix='or use chunk_size="auto"')
+        if not isinstance(self.on_error, str) or self.on_error not in ON_ERROR_CHOICES:
             raise InvalidOptionError(
                 f"on_error must be one of {', '.join(ON_ERROR_CHOICES)}, got {self.on_error!r}"
+                f"{did_you_mean(self.on_error, ON_ERROR_CHOICES)}"
             )
         if self.timeout is not None:
-            if isinstance(self.timeout, bool) or not isinstance(self.timeout, (int, float)):
-                raise InvalidOptionError(
-                    f"timeout must be seconds (a number), got {self.timeout!r}"
-                )
-            if not self.timeout > 0:
-                raise InvalidOptionError(
-                    f"timeout must be > 0 seconds, got {self.timeout!r}; use None for no timeout"
-                )
-        if self.initializer is not None and not callable(self.initializer):
-            raise InvalidOptionError(f"initializer must be callable, got {self.initializer!r}")
+            clean["timeout"] = seconds("timeout", self.timeout, allow_zero=False,
+                                       fix="use None for no timeout")
         if not isinstance(self.ordered, bool):
             raise InvalidOptionError(f"ordered must be True or False, got {self.ordered!r}")
+        if self.initializer is not None and not callable(self.initializer):
+            raise InvalidOptionError(f"initializer must be callable, got {self.initializer!r}")
+        clean["initargs"] = self._initargs()
+        _check_checkpoint(self.checkpoint)
+        _check_progress(self.progress)
+        self._check_backend_settings()
+        return clean
+
+    def _initargs(self) -> tuple[Any, ...]:
+        args = self.initargs
+        if isinstance(args, (str, bytes)) or not isinstance(args, (tuple, list)):
+            raise InvalidOptionError(
+                f"initargs must be a tuple of the initializer's arguments, got {args!r}; "
+                f"for one argument write initargs=({args!r},)"
+            )
+        if args and self.initializer is None:
+            raise InvalidOptionError(
+                "initargs are the arguments of initializer=, but no initializer was given; "
+                "pass initializer= too, or drop initargs"
+            )
+        return tuple(args)
+
+    def _check_backend_settings(self) -> None:
+        if self.address is not None and (not isinstance(self.address, str) or not self.address):
+            raise InvalidOptionError(
+                f"address must be a Dask scheduler address such as 'tcp://host:8786', "
+                f"got {self.address!r}"
+            )
+        if not isinstance(self.backend_options, Mapping):
+            raise InvalidOptionError(
+                f"backend_options must be a dict of settings for the backend, "
+                f"got {self.backend_options!r} ({type(self.backend_options).__name__})"
+            )
+        reaches_dask = self.backend == "dask" or (self.backend == "auto" and self.address)
+        if self.backend_options and not reaches_dask:
+            raise InvalidOptionError(
+                f'backend_options are read by backend="dask" only, and this run uses '
+                f'backend="{self.backend}" (auto picks dask only with address=); '
+                'use backend="dask", or drop backend_options'
+            )
 
 
-def _positive_int(name: str, value: object, *, allow_zero: bool = False, hint: str = "") -> None:
-    if value is None:
+#: options that are counts: (name, lowest value, the fix for a value below it)
+_COUNTS: tuple[tuple[str, int, str], ...] = (
+    ("workers", 1, "use workers=1 to run one at a time"),
+    ("max_in_flight", 1, ""),
+    ("total", 0, ""),
+    ("max_items_per_worker", 1, "use None to never recycle a worker"),
+)
+
+
+def _check_checkpoint(spec: object) -> None:
+    # Imported here: the checkpoint store's protocol module imports the
+    # results, which import nothing of this module; at module level it
+    # would still load the sinks package for every import of shoal.
+    from shoal._sinks.base import ResultStore
+
+    if spec is None or spec is False or isinstance(spec, ResultStore):
         return
-    low = 0 if allow_zero else 1
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        extra = f" {hint}" if hint else ""
-        raise InvalidOptionError(
-            f"{name} must be a whole number >= {low}{extra}, got {value!r}"
-            + ("; use workers=1 to run one at a time" if name == "workers" else "")
-        )
+    if isinstance(spec, (str, os.PathLike)) and os.fspath(spec) not in ("", b""):
+        return
+    raise InvalidOptionError(
+        f"checkpoint must be the path of a SQLite file (a str or pathlib.Path), "
+        f"got {spec!r} ({type(spec).__name__}); e.g. checkpoint=\"run.db\", or None for none"
+    )
+
+
+def _check_progress(progress: object) -> None:
+    # make_progress (in the sinks) tells an observer from a callback and
+    # checks them; here only values that can be neither are refused, so the
+    # error comes with the others, before the run is set up.
+    if progress is None or isinstance(progress, bool) or callable(progress):
+        return
+    if all(hasattr(progress, m) for m in ("on_start", "on_results", "on_finish")):
+        return
+    raise InvalidOptionError(
+        f"progress must be True, False, a callable taking a shoal.ProgressEvent, or an "
+        f"observer (on_start, on_results, on_finish), got {progress!r}"
+    )

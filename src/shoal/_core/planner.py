@@ -45,8 +45,8 @@ def check(opts: Options, traits: Traits) -> None:
             'use backend="dask" (or leave backend="auto"), or drop address')
     if opts.max_items_per_worker is not None and not traits.recycles_workers:
         raise InvalidOptionError(
-            f'max_items_per_worker is not supported by backend="{name}": it manages its '
-            "workers' lifetimes itself (for Dask, see `dask worker --lifetime`)")
+            f'max_items_per_worker is not supported by backend="{name}": shoal does not '
+            'replace its workers; use backend="threads" or backend="processes" to recycle them')
     chunk = opts.chunk_size
     if chunk == "auto" or chunk <= 1:
         return

@@ -73,7 +73,7 @@ class Run:
         self.settings = dict(settings or {})
         self.delivered: list[Segment] = []  # kept only when a report is wanted
         self.closed = False
-        source = make_source(items, lambda: self.engine.input_ready())
+        source = self.source = make_source(items, lambda: self.engine.input_ready())
         self.total: int | None = opts.total
         if self.total is None and hasattr(items, "__len__"):
             self.total = len(items)  # type: ignore[arg-type]
@@ -106,19 +106,21 @@ class Run:
             if obs is not None:
                 self.observers.append(obs)
         plan = self._plan(self.backend, self.total)
-        if self.probe is not None:
+        if self.probe is not None and opts.chunk_size == "auto":
             plan.chunks.fixed = plan.chunks.size = 1  # one item at a time: each one is timed
         self.engine = Engine(source, opts, chunks=plan.chunks, window=plan.window,
                              store=self.store, total=self.total,
                              track_settled=self.store is not None or bool(self.observers))
-        if self.probe is not None:
-            self.engine.limit(self.probe.budget)
+        if self.probe is not None:  # the first item alone, or the caller's first chunk
+            self.engine.limit(max(self.probe.budget, plan.chunks.size))
 
     # --------------------------------------------------------------- planning
     def _make_backend(self, name: str, workers: int | None = None) -> Backend:
         cls = backend_class(name)
         planner.check(self.opts, cls.traits)
-        n = workers or self.opts.workers or cls.traits.default_workers()
+        # An inline backend's one worker is the caller: workers= cannot add any.
+        n = 1 if cls.traits.inline else (
+            workers or self.opts.workers or cls.traits.default_workers())
         warm = self.warm(name) if self.warm is not None else None
         return warm.serve(self.fn, self.opts, n) if warm is not None else cls(self.fn, self.opts, n)
 
@@ -142,6 +144,8 @@ class Run:
 
     def _start(self, backend: Backend) -> None:
         self.engine.bind(backend.wake, self._wake_consumer)
+        if backend.traits.dispatcher_reads_results:
+            self.source.use_reader()
         self.running.append(backend)  # before start(): a start cut short is shut down too
         backend.start(self.engine)
 

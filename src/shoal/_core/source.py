@@ -26,6 +26,8 @@ from typing import Any, NamedTuple
 
 #: a pull that takes longer than this moves the input to a reader thread
 STALL_SECONDS = 0.05
+#: how long a pull from the reader thread waits for a full chunk
+PATIENCE = 0.001
 
 
 class Pulled(NamedTuple):
@@ -45,6 +47,9 @@ class Source:
         """Up to ``n`` items. Blocks only for an input that is not read by a
         reader thread yet."""
         raise NotImplementedError
+
+    def use_reader(self) -> None:
+        """Never block the thread that pulls (see ``IterSource.use_reader``)."""
 
     def close(self) -> None:
         """Stop reading (the run is over)."""
@@ -91,6 +96,13 @@ class IterSource(Source):
             self._reader = _Reader(self._it, self._on_ready)
         return Pulled(chunk, False)
 
+    def use_reader(self) -> None:
+        """Read through a reader thread from now on (for a backend whose one
+        dispatching thread also handles results: a blocking ``next()`` there
+        would hold finished results back)."""
+        if self._reader is None:
+            self._reader = _Reader(self._it, self._on_ready)
+
     def close(self) -> None:
         if self._reader is not None:
             self._reader.stop()
@@ -121,10 +133,11 @@ class _Reader:
 
     def _run(self) -> None:
         it = self._it
+        cond, buf = self._cond, self._buf
         while True:
-            with self._cond:
-                while len(self._buf) >= self._want and not self._stopped:
-                    self._cond.wait()
+            with cond:
+                while len(buf) >= self._want and not self._stopped:
+                    cond.wait()
                 if self._stopped:
                     return
             try:
@@ -135,28 +148,38 @@ class _Reader:
             except Exception as exc:  # raised once the items before it are delivered
                 self._finish(exc)
                 return
-            with self._cond:
+            with cond:
                 if self._stopped:
                     return
-                was_empty = not self._buf
-                self._buf.append(item)
-            if was_empty:
+                buf.append(item)
+                size = len(buf)
+                if size >= self._want:
+                    cond.notify_all()  # a take() may be waiting for a full chunk
+            if size == 1:
                 self._on_ready()
 
     def _finish(self, error: Exception | None) -> None:
         with self._cond:
             self._done = True
             self._error = error
+            self._cond.notify_all()
         self._on_ready()
 
     def take(self, n: int) -> Pulled:
+        """Up to ``n`` items: what has arrived, after waiting at most
+        ``PATIENCE`` for a full chunk (a fast input then still gives full
+        chunks; a slow one costs a pull that long)."""
         with self._cond:
             buf = self._buf
+            self._want = n
+            self._cond.notify_all()
+            if len(buf) < n and not self._done:
+                self._cond.wait_for(lambda: len(buf) >= n or self._done or self._stopped,
+                                    PATIENCE)
             chunk = [buf.popleft() for _ in range(min(n, len(buf)))]
-            self._want = n - len(chunk)
+            self._want = n - len(chunk)  # keep reading what was asked for
             ended = self._done and not buf
             error = self._error if ended else None
-            self._cond.notify()
         return Pulled(chunk, ended, error)
 
     def stop(self) -> None:

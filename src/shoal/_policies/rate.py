@@ -9,9 +9,12 @@ passes ``now``, so the limiter is tested with a fake clock and never sleeps.
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 
 from shoal._core.errors import InvalidOptionError
+from shoal._core.validators import MAX_SECONDS, real_number, whole_number
 
 
 @dataclass(frozen=True)
@@ -19,19 +22,30 @@ class RateLimit:
     """At most ``per_second`` items a second, allowing bursts of ``burst``.
 
     Raises:
-        InvalidOptionError: a non-positive rate or a burst below 1.
+        InvalidOptionError: a rate that is not a finite positive number (or
+            so slow that one item waits longer than a thread can), or a burst
+            that is not a whole number >= 1.
     """
 
     per_second: float
     burst: int = 1
 
     def __post_init__(self) -> None:
-        if not isinstance(self.per_second, (int, float)) or self.per_second <= 0:
+        rate = self.per_second
+        what = "a positive number of items per second"
+        if isinstance(rate, numbers.Real) and not isinstance(rate, bool) and rate == math.inf:
+            raise InvalidOptionError(f"rate must be {what}, got inf; use rate=None for no limit")
+        rate = real_number("rate", rate, what)
+        if rate <= 0:
             raise InvalidOptionError(
-                f"rate must be a positive number of items per second, got {self.per_second!r}"
-            )
-        if not isinstance(self.burst, int) or self.burst < 1:
-            raise InvalidOptionError(f"rate burst must be a whole number >= 1, got {self.burst!r}")
+                f"rate must be {what}, got {self.per_second!r}; use rate=None for no limit")
+        if 1 / rate > MAX_SECONDS:  # the wait for one token must be one a thread can do
+            raise InvalidOptionError(
+                f"rate must be at least {1 / MAX_SECONDS:.3g} items per second (one item in "
+                f"the longest wait a thread can do), got {self.per_second!r}")
+        burst = whole_number("rate burst", self.burst, low=1, keyword="burst")
+        object.__setattr__(self, "per_second", rate)
+        object.__setattr__(self, "burst", burst)
 
 
 def as_rate_limit(value: float | tuple[float, int] | RateLimit | None) -> RateLimit | None:
@@ -42,13 +56,13 @@ def as_rate_limit(value: float | tuple[float, int] | RateLimit | None) -> RateLi
     """
     if value is None or isinstance(value, RateLimit):
         return value
-    if isinstance(value, tuple) and len(value) == 2:
-        return RateLimit(float(value[0]), int(value[1]))
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return RateLimit(float(value))
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        return RateLimit(value[0], value[1])  # it checks both
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return RateLimit(value)  # type: ignore[arg-type]  # it checks the number
     raise InvalidOptionError(
-        f"rate must be items per second (10), a (rate, burst) pair or shoal.RateLimit, "
-        f"got {value!r}"
+        f"rate must be items per second (10), a (rate, burst) pair such as (10, 5), or "
+        f"shoal.RateLimit(10, burst=5), got {value!r} ({type(value).__name__})"
     )
 
 

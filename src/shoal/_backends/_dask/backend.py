@@ -205,12 +205,18 @@ class DaskBackend(Backend):
                                        self._cluster_kwargs)
         self._client = self._connection.client
         threads = wait_for_threads(self._client, WORKERS_TIMEOUT)
+        # workers= caps how many items run at once on the cluster's threads:
+        # then one task per worker, since Dask may start a queued task on
+        # another thread.
+        capped = self.options.workers is not None and self.options.workers < threads
+        if capped:
+            threads = self.options.workers  # type: ignore[assignment]
         self.workers = threads  # reported in the BatchReport
         direct = gather_direct(self._client, self._connection.cluster is not None)
         self._collector = Collector(self._client, direct, _decode, self._inbox.put)
         self._collector.start()
         self._watch = ClusterWatch(self._connection)
-        per_thread = 1 if self.options.timeout is not None else self._tasks_per_thread
+        per_thread = 1 if self.options.timeout is not None or capped else self._tasks_per_thread
         self._window = per_thread * threads
         # The run planned for the workers it was told of; plan again for the
         # threads the cluster has. An adaptive policy starts at the probes' size.

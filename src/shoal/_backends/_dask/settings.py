@@ -26,7 +26,7 @@ PROBE_ITEMS = 64
 #: time is mostly fixed costs), while a slow first item still comes back alone
 PROBE_SECONDS = 0.002
 TRAITS = Traits(
-    "dask", default_workers=lambda: 2,
+    "dask", default_workers=lambda: 2, dispatcher_reads_results=True,
     # A task costs the driver and the worker a few ms of CPU and a round trip
     # of tens of ms whatever it holds: chunks of 0.05-0.1 s (what remains is
     # cut into four per thread, never under 0.05 s, so the threads finish

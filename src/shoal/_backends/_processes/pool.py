@@ -147,6 +147,7 @@ class ProcessBackend(Backend):
 
     traits = Traits(
         "processes", default_workers=cpu_count, streams_items=True, isolates_crashes=True,
+        dispatcher_reads_results=True,
         # A chunk costs a pickle each way and a socket write: ~20 ms of work
         # makes that small; its pickle stays under a socket buffer's worth.
         chunking=ChunkParams(target_seconds=0.02, min_seconds=0.002, growth=8.0,
