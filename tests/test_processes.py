@@ -25,7 +25,7 @@ import psutil
 import pytest
 
 import shoal
-from shoal._backends._processes.child import describe_exit, fork_is_safe
+from shoal._backends._processes.forkserver import describe_exit, fork_is_safe
 from shoal._backends._processes.protocol import Claims, claim_pipe, put_ticket, take_ticket
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX only")
@@ -194,6 +194,86 @@ def burn(ms: float) -> float:
     return ms
 
 
+def returns_badly_on_3(x: int) -> Any:
+    return UnpicklesBadly() if x == 3 else x
+
+
+def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    """Bounded poll, in a worker, for something another process does."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout}s for {what}")
+        time.sleep(0.005)
+
+
+def start_child_and_wait(arg: tuple[int, str]) -> int:
+    """Item 0 starts a grandchild (``sleep 60``), records its pid and waits for it."""
+    x, pid_file = arg
+    if x == 0:
+        child = subprocess.Popen(["sleep", "60"])
+        Path(pid_file).write_text(str(child.pid))
+        child.wait()
+    return x
+
+
+def start_child_and_return(pid_file: str) -> int:
+    """Leaves an orphan behind: ``sleep 60``, not waited for."""
+    child = subprocess.Popen(["sleep", "60"])
+    Path(pid_file).write_text(str(child.pid))
+    return child.pid
+
+
+def fail_once_the_child_runs(arg: tuple[str, str]) -> int:
+    role, pid_file = arg
+    if role == "child":
+        return start_child_and_wait((0, pid_file))
+    _wait_for(lambda: os.path.exists(pid_file), "the grandchild's pid file")
+    raise ValueError("the batch fails while another item waits on its child process")
+
+
+def _stop_flag_is_set() -> bool:
+    """Read the pool's stop flag from inside an item (the memfd every worker maps)."""
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("/memfd:shoal-stop-flag"):
+            return os.pread(int(fd), 1, 0) == b"\x01"
+    raise RuntimeError("no stop flag in this worker")
+
+
+def log_fail_or_wait_for_stop(arg: tuple[int, str]) -> int:
+    """Item 0 fails at once; item 5 (first of the other worker's chunk) waits
+    until the driver has set the stop flag; every item logs that it started."""
+    x, log = arg
+    with open(log, "a") as f:
+        f.write(f"{x}\n")
+    if x == 0:
+        _wait_for(lambda: "5" in Path(log).read_text().split(), "item 5 to start")
+        raise ValueError("item 0 fails")
+    if x == 5:
+        _wait_for(_stop_flag_is_set, "the stop flag")
+    return x
+
+
+def log_and_fail_on_3(arg: tuple[int, str]) -> int:
+    x, log = arg
+    with open(log, "a") as f:
+        f.write(f"{x}\n")
+    if x == 3:
+        raise ValueError("item 3 fails")
+    return x
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return _wait_gone([psutil.Process(pid)]) == []
+    except psutil.NoSuchProcess:
+        return True
+
+
 # ------------------------------------------------------ engine behaviours
 def test_values_in_order(opts: dict[str, Any]) -> None:
     assert shoal.map(sleepy, range(40), **opts) == list(range(40))
@@ -340,6 +420,28 @@ def test_item_that_does_not_unpickle_in_the_worker_fails_alone() -> None:
     assert "could not be unpickled in the worker" in str(error)
 
 
+@pytest.mark.parametrize("chunk_size", [1, 5])
+def test_item_that_does_not_unpickle_in_the_worker_fails_alone_in_any_chunk(
+        opts: dict[str, Any], chunk_size: int) -> None:
+    items: list[Any] = [0, 1, 2, UnpicklesBadly(), 4, 5, 6, 7, 8, 9]
+    report = shoal.run(identity, items, **{**opts, "chunk_size": chunk_size})
+    assert [r.index for r in report.failures] == [3]
+    assert "could not be unpickled in the worker" in str(report.failures[0].error)
+    assert [r.value for r in report.results if r.ok] == [0, 1, 2, 4, 5, 6, 7, 8, 9]
+
+
+@pytest.mark.parametrize("chunk_size", [1, 5])
+def test_result_that_does_not_unpickle_in_the_driver_fails_alone(
+        opts: dict[str, Any], chunk_size: int) -> None:
+    report = shoal.run(returns_badly_on_3, range(10), **{**opts, "chunk_size": chunk_size})
+    assert [r.index for r in report.failures] == [3]
+    error = report.failures[0].error
+    assert isinstance(error, shoal.NotPicklable)
+    assert "could not be unpickled in the driver" in str(error)
+    assert "this item does not unpickle" in str(error)
+    assert [r.value for r in report.results if r.ok] == [0, 1, 2, 4, 5, 6, 7, 8, 9]
+
+
 def test_unpicklable_exception_becomes_remote_error() -> None:
     report = shoal.run(raise_unpicklable, [1], backend="processes", workers=1)
     error = report.failures[0].error
@@ -416,6 +518,56 @@ def test_a_hung_item_times_out_and_its_worker_is_replaced() -> None:
     assert [r.index for r in report.failures] == [3]
     assert isinstance(report.failures[0].error, TimeoutError)
     assert [r.value for r in report.results if r.ok] == [x for x in range(12) if x != 3]
+
+
+@pytest.mark.timeout(30)
+def test_a_timed_out_item_takes_its_child_processes_with_it(tmp_path: Path) -> None:
+    pid_file = tmp_path / "grandchild"
+    report = shoal.run(start_child_and_wait, [(x, str(pid_file)) for x in range(3)],
+                       backend="processes", workers=1, timeout=1.0)
+    assert [r.index for r in report.failures] == [0]
+    assert isinstance(report.failures[0].error, TimeoutError)
+    assert _gone(int(pid_file.read_text()))  # killed with its worker's process group
+
+
+@pytest.mark.timeout(30)
+def test_a_cancelled_run_takes_the_child_processes_of_running_items(tmp_path: Path) -> None:
+    pid_file = tmp_path / "grandchild"
+    with pytest.raises(ValueError, match="another item waits on its child"):
+        shoal.map(fail_once_the_child_runs, [("child", str(pid_file)), ("fail", str(pid_file))],
+                  backend="processes", workers=2, chunk_size=1)
+    assert _gone(int(pid_file.read_text()))
+
+
+def test_processes_an_item_leaves_behind_end_with_the_pool(tmp_path: Path) -> None:
+    pid_file = tmp_path / "orphan"
+    [pid] = shoal.map(start_child_and_return, [str(pid_file)], backend="processes", workers=1)
+    assert _gone(pid)
+
+
+# ------------------------------------------------------------ all_or_nothing
+@pytest.mark.parametrize("mode", [{}, {"timeout": 60}], ids=["batch", "stream"])
+def test_all_or_nothing_stops_a_chunk_at_its_first_failure(tmp_path: Path,
+                                                           mode: dict[str, Any]) -> None:
+    log = tmp_path / "ran.log"
+    with pytest.raises(ValueError, match="item 3 fails"):
+        shoal.map(log_and_fail_on_3, [(x, str(log)) for x in range(10)], backend="processes",
+                  workers=1, chunk_size=10, **mode)
+    assert log.read_text().split() == ["0", "1", "2", "3"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("mode", [{}, {"timeout": 60}], ids=["batch", "stream"])
+def test_all_or_nothing_starts_no_item_on_any_worker_once_a_failure_is_known(
+        tmp_path: Path, mode: dict[str, Any]) -> None:
+    log = tmp_path / "ran.log"
+    with pytest.raises(ValueError, match="item 0 fails"):
+        shoal.map(log_fail_or_wait_for_stop, [(x, str(log)) for x in range(20)],
+                  backend="processes", workers=2, chunk_size=5, **mode)
+    ran = sorted(int(x) for x in log.read_text().split())
+    # item 5 was running when item 0 failed; nothing after it started anywhere
+    assert ran == [0, 5]
 
 
 # ------------------------------------------------------------ life-cycle
