@@ -194,6 +194,28 @@ def burn(ms: float) -> float:
     return ms
 
 
+DRIVER_PID = os.getpid()  # forked workers inherit the value: they can tell they are not it
+
+
+def _rebuild_outside_the_driver(message: str) -> BaseException:
+    if os.getpid() == DRIVER_PID:
+        raise RuntimeError("this exception does not unpickle in the driver")
+    return DriverCannotRead(message)
+
+
+class DriverCannotRead(Exception):
+    """Pickles and unpickles in a worker; does not unpickle in the driver."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_outside_the_driver, (str(self),))
+
+
+def raise_driver_cannot_read_on_3(x: int) -> int:
+    if x == 3:
+        raise DriverCannotRead(f"item {x}")
+    return x
+
+
 def returns_badly_on_3(x: int) -> Any:
     return UnpicklesBadly() if x == 3 else x
 
@@ -554,6 +576,16 @@ def test_all_or_nothing_stops_a_chunk_at_its_first_failure(tmp_path: Path,
         shoal.map(log_and_fail_on_3, [(x, str(log)) for x in range(10)], backend="processes",
                   workers=1, chunk_size=10, **mode)
     assert log.read_text().split() == ["0", "1", "2", "3"]
+
+
+@pytest.mark.timeout(30)
+def test_a_stopped_chunk_is_known_even_when_its_report_does_not_unpickle() -> None:
+    # all_or_nothing with a retry: the worker stops its chunk at item 3, whose
+    # report the driver cannot read; the retry must still run (on the same,
+    # only worker) and the run end with the item's failure.
+    with pytest.raises(shoal.NotPicklable, match="could not be unpickled in the driver"):
+        shoal.map(raise_driver_cannot_read_on_3, range(10), backend="processes", workers=1,
+                  chunk_size=10, timeout=60, retries=1)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")

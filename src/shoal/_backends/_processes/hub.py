@@ -23,6 +23,7 @@ from shoal._backends._processes.protocol import (
     BATCH_DONE,
     FATAL,
     ITEM_DONE,
+    ITEM_STOPPED,
     JOB,
     JOB_FAILED,
     OP_EXITED,
@@ -144,9 +145,9 @@ class Hub:
                     return
                 for task in abandoned:
                     self._abandon(task)
-                timeout = self._dispatch()
                 if self.engine.stopped and not self.halted:
-                    self._halt()
+                    self._halt()  # before dispatching: a held task must not go out now
+                timeout = self._dispatch()
                 for key, mask in self.sel.select(timeout):
                     if key.fileobj is self.wake_r:
                         self._drain_wake()
@@ -349,13 +350,16 @@ class Hub:
         # ITEM_DONE frames of one chunk that arrived together are reported at once.
         part = _Part()
         for kind, body in frames:
-            if kind == ITEM_DONE:
+            if kind in (ITEM_DONE, ITEM_STOPPED):
+                # The kind, not the body, says whether the worker stopped the
+                # chunk: a body that does not unpickle must not hide it.
+                stopped = kind == ITEM_STOPPED
                 try:
-                    v, e, s, c, stopped = load_result(body)
+                    v, e, s, c, _ = load_result(body)
                 except Exception as exc:
                     # This item's value does not unpickle here: it fails alone,
                     # and the worker goes on with the chunk's next items.
-                    v, e, s, c, stopped = [None], {0: _undecodable(exc)}, 0.0, None, False
+                    v, e, s, c = [None], {0: _undecodable(exc)}, 0.0, None
                 part.add(v, e, s, c)
                 if stopped or len(part.values) == w.sends[0].count:
                     part = self._report(w, part, stopped)

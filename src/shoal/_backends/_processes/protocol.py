@@ -75,9 +75,10 @@ JOB = 3  # body: JOB_HEAD (job id, flags) + fn pickled with cloudpickle; no answ
 READY = 11  # initializer run; body empty
 FATAL = 12  # the worker cannot start (the initializer raised); body: a CarriedError
 BATCH_DONE = 13  # body: (values, {position: CarriedError} or None, seconds, cpu, stopped)
-ITEM_DONE = 14  # body: as BATCH_DONE, for the next item of a RUN_STREAM chunk (none if stopped)
+ITEM_DONE = 14  # body: as BATCH_DONE, for the next item of a RUN_STREAM chunk
 UNREADABLE = 15  # the chunk did not unpickle; body: a CarriedError
 JOB_FAILED = 16  # fn did not unpickle; body: a CarriedError; the worker skips the job's chunks
+ITEM_STOPPED = 17  # as ITEM_DONE, and the worker ran no more of the chunk (all_or_nothing)
 
 JOB_HEAD = struct.Struct("!QB")
 JOB_STOP_ON_ERROR = 1  # all_or_nothing: stop a chunk at its first failure, or when stopped

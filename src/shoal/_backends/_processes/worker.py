@@ -34,6 +34,7 @@ from shoal._backends._processes.protocol import (
     BATCH_DONE,
     FATAL,
     ITEM_DONE,
+    ITEM_STOPPED,
     JOB,
     JOB_FAILED,
     JOB_FAILURE_ENDS_RUN,
@@ -168,13 +169,13 @@ def _serve(sock: socket.socket, claim_fd: int, stop: StopFlag, init_blob: bytes 
             continue
         for item in items:  # RUN_STREAM
             if job.stop_on_error and stop:
-                send_frame(sock, ITEM_DONE, encode_batch([], None, 0.0, 0.0, True))
+                send_frame(sock, ITEM_STOPPED, encode_batch([], None, 0.0, 0.0, True))
                 break
             out = run_chunk(job.call, (item,), "", stop_on_error=job.stop_on_error)
-            send_frame(sock, ITEM_DONE, encode_batch(out.values, out.errors, out.duration,
-                                                     out.cpu, out.stopped))
+            send_frame(sock, ITEM_STOPPED if out.stopped else ITEM_DONE, encode_batch(
+                out.values, out.errors, out.duration, out.cpu, out.stopped))
             _end_run_if_failed(job, out, stop)
-            if out.errors and job.stop_on_error:
+            if out.stopped:
                 break
 
 
