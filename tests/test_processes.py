@@ -194,25 +194,27 @@ def burn(ms: float) -> float:
     return ms
 
 
-DRIVER_PID = os.getpid()  # forked workers inherit the value: they can tell they are not it
-
-
-def _rebuild_outside_the_driver(message: str) -> BaseException:
-    if os.getpid() == DRIVER_PID:
+def _rebuild_outside(message: str, driver_pid: int) -> BaseException:
+    if os.getpid() == driver_pid:
         raise RuntimeError("this exception does not unpickle in the driver")
-    return DriverCannotRead(message)
+    return DriverCannotRead(message, driver_pid)
 
 
 class DriverCannotRead(Exception):
     """Pickles and unpickles in a worker; does not unpickle in the driver."""
 
+    def __init__(self, message: str, driver_pid: int) -> None:
+        super().__init__(message)
+        self.driver_pid = driver_pid
+
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_outside_the_driver, (str(self),))
+        return (_rebuild_outside, (str(self), self.driver_pid))
 
 
-def raise_driver_cannot_read_on_3(x: int) -> int:
+def raise_driver_cannot_read_on_3(arg: tuple[int, int]) -> int:
+    x, driver_pid = arg
     if x == 3:
-        raise DriverCannotRead(f"item {x}")
+        raise DriverCannotRead(f"item {x}", driver_pid)
     return x
 
 
@@ -584,8 +586,8 @@ def test_a_stopped_chunk_is_known_even_when_its_report_does_not_unpickle() -> No
     # report the driver cannot read; the retry must still run (on the same,
     # only worker) and the run end with the item's failure.
     with pytest.raises(shoal.NotPicklable, match="could not be unpickled in the driver"):
-        shoal.map(raise_driver_cannot_read_on_3, range(10), backend="processes", workers=1,
-                  chunk_size=10, timeout=60, retries=1)
+        shoal.map(raise_driver_cannot_read_on_3, [(x, os.getpid()) for x in range(10)],
+                  backend="processes", workers=1, chunk_size=10, timeout=60, retries=1)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")

@@ -216,20 +216,11 @@ class _ForkServer:
 
     def reap(self) -> None:
         while self.children:
-            pid = _exited_child(-1, block=False)
-            if pid is None:
+            reaped = reap_child(-1, block=False)
+            if reaped is None:
                 return
-            self.send(OP_EXITED, pid, self.bury(pid))
-
-    def bury(self, pid: int) -> int:
-        """Kill what is left of exited worker ``pid``'s group, then reap it; its exit code."""
-        kill_group(pid)  # a zombie still holds the group's id: no other group can have it
-        self.children.discard(pid)
-        try:
-            _, status = os.waitpid(pid, 0)
-        except ChildProcessError:
-            return 0
-        return os.waitstatus_to_exitcode(status)
+            self.children.discard(reaped[0])
+            self.send(OP_EXITED, *reaped)
 
     def end(self, kill: bool) -> None:
         """Reap every worker and its group (SIGKILL them first if ``kill``)."""
@@ -237,19 +228,35 @@ class _ForkServer:
             for pid in self.children:
                 kill_group(pid)
         for pid in list(self.children):
-            _exited_child(pid, block=True)
-            self.bury(pid)
+            reap_child(pid, block=True)
+            self.children.discard(pid)
 
 
-def _exited_child(pid: int, block: bool) -> int | None:
-    """A child (``pid``, or any: -1) that has exited, left unreaped (a zombie), or None."""
-    options = os.WEXITED | os.WNOWAIT | (0 if block else os.WNOHANG)
-    idtype = os.P_ALL if pid == -1 else os.P_PID
-    try:
-        info = os.waitid(idtype, max(pid, 0), options)
-    except ChildProcessError:
-        return None
-    return None if info is None else info.si_pid
+def reap_child(pid: int, block: bool) -> tuple[int, int] | None:
+    """Reap a child that has exited (``pid``, or any: -1): (its pid, its exit
+    code), or None. What is left of its process group is killed first, while
+    the child is a zombie: until it is reaped, its pid (the group's id)
+    cannot be given to another process.
+    """
+    if hasattr(os, "waitid"):
+        options = os.WEXITED | os.WNOWAIT | (0 if block else os.WNOHANG)
+        try:
+            info = os.waitid(os.P_ALL if pid == -1 else os.P_PID, max(pid, 0), options)
+        except ChildProcessError:
+            return None
+        if info is None:
+            return None
+        kill_group(info.si_pid)
+        pid, status = os.waitpid(info.si_pid, 0)
+    else:  # pragma: no cover - macOS has no waitid: reap, then kill what is left at once
+        try:
+            pid, status = os.waitpid(pid, 0 if block else os.WNOHANG)
+        except ChildProcessError:
+            return None
+        if pid == 0:
+            return None
+        kill_group(pid)  # POSIX keeps the id from reuse while the group has members
+    return pid, os.waitstatus_to_exitcode(status)
 
 
 def kill_group(pid: int) -> None:

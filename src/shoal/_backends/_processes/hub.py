@@ -16,7 +16,7 @@ import socket
 import threading
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from shoal._backends._processes.forkserver import describe_exit
 from shoal._backends._processes.protocol import (
@@ -51,8 +51,6 @@ if TYPE_CHECKING:
 
 #: a pool whose workers die this many times in a row before they are ready is broken
 MAX_STARTUP_DEATHS = 3
-
-Ending = Literal["graceful", "cancel"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +94,7 @@ class Hub:
         # _inbox_lock guards _inbox and _ending: other threads write them, the hub reads.
         self._inbox_lock = threading.Lock()
         self._inbox: list[Task] = []  # tasks to abandon
-        self._ending: Ending | None = None
+        self._ending = False
         self.ident: int | None = None
         self.thread = threading.Thread(target=self.run, name="shoal-processes", daemon=True)
 
@@ -114,11 +112,10 @@ class Hub:
             self._inbox.append(task)
         self.wake()
 
-    def finish(self, how: Ending) -> None:
-        """End the run's use of the pool: ``cancel`` kills the busy workers."""
+    def finish(self) -> None:
+        """End the run's use of the pool; workers still busy are killed (see ``_end``)."""
         with self._inbox_lock:
-            if self._ending != "cancel":
-                self._ending = how
+            self._ending = True
         self.wake()
 
     # ---------------------------------------------------------------- loop
@@ -140,7 +137,7 @@ class Hub:
                 with self._inbox_lock:
                     abandoned, self._inbox = self._inbox, []
                     ending = self._ending
-                if ending is not None:
+                if ending:
                     self._end()
                     return
                 for task in abandoned:

@@ -258,10 +258,12 @@ class ProcessBackend(Backend):
         """
         hub = self._hub
         if hub is not None:
-            hub.finish("cancel" if cancel else "graceful")
+            hub.finish()
             hub.thread.join(CANCEL_EXIT_SECONDS if cancel else GRACEFUL_EXIT_SECONDS)
-            if hub.thread.is_alive():  # stuck in the input, say: the pool cannot be shared
-                self._pool._state.broken = "a run's hub did not end"
+            if hub.thread.is_alive():  # stuck pulling the input, say: it still owns the pool
+                self._pool._state.broken = (
+                    "a run on this process pool did not let go of its workers; close the "
+                    "pool and start another")
         if self._started:
             self._pool._end(self)
         if self._private:

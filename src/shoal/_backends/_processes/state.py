@@ -196,8 +196,10 @@ class PoolState:
         if server is not None:
             limit = CANCEL_EXIT_SECONDS if cancel else GRACEFUL_EXIT_SECONDS
             if not server.wait(limit):
-                # A stuck fork server has reaped none of them: their groups'
-                # ids are still theirs. Kill the groups, then the server.
+                # A fork server that does not exit is stuck and has most likely
+                # reaped none of them, so their groups' ids are still theirs:
+                # kill the groups (the parent-death signal would spare what the
+                # items started), then the server.
                 for pid in pids:
                     kill_group(pid)
                 server.kill()
