@@ -26,7 +26,14 @@ import pytest
 
 import shoal
 from shoal._backends._processes.forkserver import describe_exit, fork_is_safe
-from shoal._backends._processes.protocol import Claims, claim_pipe, put_ticket, take_ticket
+from shoal._backends._processes.protocol import (
+    Claims,
+    StopFlag,
+    claim_pipe,
+    put_ticket,
+    take_ticket,
+)
+from shoal._backends._processes.worker import run_stoppable
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX only")
 
@@ -752,3 +759,51 @@ def test_claims_skip_a_chunk_whose_ticket_the_driver_took_back() -> None:
     finally:
         os.close(read_end)
         os.close(write_end)
+
+
+class _CountingFlag(StopFlag):
+    """A stop flag that counts how often it is read, and is set at a given read."""
+
+    __slots__ = ("reads", "set_at")
+
+    def __init__(self, set_at: int | None = None) -> None:
+        flag = StopFlag.create()
+        super().__init__(os.dup(flag.fd))
+        flag.close()
+        self.reads = 0
+        self.set_at = set_at
+
+    def __bool__(self) -> bool:
+        self.reads += 1
+        if self.reads == self.set_at:
+            self.set(True)
+        return super().__bool__()
+
+
+def test_a_worker_reads_the_stop_flag_between_stretches_of_tiny_items() -> None:
+    flag = _CountingFlag()
+    try:
+        out = run_stoppable(square, range(200_000), flag)
+        assert out.values == [x * x for x in range(200_000)] and not out.stopped
+        assert flag.reads < 1000  # about once a millisecond of items, not once an item
+    finally:
+        flag.close()
+
+
+def test_a_worker_starts_no_item_once_the_stop_flag_is_set() -> None:
+    flag = _CountingFlag(set_at=3)
+    try:
+        out = run_stoppable(burn, [2.0] * 10, flag)  # slow items: the flag before each
+        assert out.values == [2.0, 2.0] and out.stopped
+    finally:
+        flag.close()
+
+
+def test_a_worker_stops_its_chunk_at_its_first_failure() -> None:
+    flag = _CountingFlag()
+    try:
+        out = run_stoppable(fail_on_3, range(100), flag)
+        assert out.values == [0, 1, 2, None] and out.stopped
+        assert out.errors is not None and isinstance(out.errors[3], ValueError)
+    finally:
+        flag.close()
