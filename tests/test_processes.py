@@ -169,6 +169,10 @@ def init_fails() -> None:
     raise RuntimeError("no database today")
 
 
+def init_slowly(seconds: float) -> None:
+    time.sleep(seconds)  # the workload: a model that takes a while to load
+
+
 async def async_double(x: int) -> int:
     await asyncio.sleep(0)
     return 2 * x
@@ -609,6 +613,16 @@ def test_all_or_nothing_starts_no_item_on_any_worker_once_a_failure_is_known(
     ran = sorted(int(x) for x in log.read_text().split())
     # item 5 was running when item 0 failed; nothing after it started anywhere
     assert ran == [0, 5]
+
+
+@pytest.mark.timeout(30)
+def test_a_slow_initializer_does_not_count_against_the_first_items_timeout() -> None:
+    # Workers start when a task waits; the task must not be on the clock
+    # while its worker starts (here: 1.5 s of initializer, timeout=1).
+    report = shoal.run(square, range(4), backend="processes", workers=2, timeout=1.0,
+                       initializer=init_slowly, initargs=(1.5,))
+    assert report.failures == []
+    assert [r.value for r in report.results] == [0, 1, 4, 9]
 
 
 # ------------------------------------------------------------ life-cycle
