@@ -363,6 +363,9 @@ def start_fork_server(init_blob: bytes | None, stop_fd: int,
         pid = os.fork()
         if pid == 0:  # the fork server; never returns into the driver's code
             try:
+                # First: no collection may now free (and finalize) an object of
+                # the driver's, such as a socket whose fd is about to be closed.
+                gc.freeze()
                 ours.close()
                 for fd in close:
                     _close_quietly(fd)
