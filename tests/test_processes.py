@@ -275,7 +275,7 @@ def _stop_flag_is_set() -> bool:
         except OSError:
             continue
         if target.startswith("/memfd:shoal-stop-flag"):
-            return os.pread(int(fd), 1, 0) == b"\x01"
+            return os.pread(int(fd), 8, 0) != bytes(8)  # a job's number: it stopped
     raise RuntimeError("no stop flag in this worker")
 
 
@@ -601,6 +601,16 @@ def test_a_stopped_chunk_is_known_even_when_its_report_does_not_unpickle() -> No
                   backend="processes", workers=1, chunk_size=10, timeout=60, retries=1)
 
 
+@pytest.mark.timeout(30)
+def test_a_failure_the_driver_cannot_read_in_a_chunk_still_ends_the_run() -> None:
+    # Without retries the failing worker sets the stop flag itself; its batch
+    # report does not unpickle, so the engine re-runs the chunk item by item
+    # to find the failure: the flag must not stop that re-run.
+    with pytest.raises(shoal.NotPicklable, match="could not be unpickled in the driver"):
+        shoal.map(raise_driver_cannot_read_on_3, [(x, os.getpid()) for x in range(10)],
+                  backend="processes", workers=2, chunk_size=5)
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("mode", [{}, {"timeout": 60}], ids=["batch", "stream"])
@@ -775,49 +785,41 @@ def test_claims_skip_a_chunk_whose_ticket_the_driver_took_back() -> None:
         os.close(write_end)
 
 
-class _CountingFlag(StopFlag):
-    """A stop flag that counts how often it is read, and is set at a given read."""
+class _Reads:
+    """A stop flag's reader that counts its reads, and says stop from read ``stop_at`` on."""
 
-    __slots__ = ("reads", "set_at")
+    def __init__(self, stop_at: int | None = None) -> None:
+        self.count = 0
+        self.stop_at = stop_at
 
-    def __init__(self, set_at: int | None = None) -> None:
-        flag = StopFlag.create()
-        super().__init__(os.dup(flag.fd))
-        flag.close()
-        self.reads = 0
-        self.set_at = set_at
-
-    def __bool__(self) -> bool:
-        self.reads += 1
-        if self.reads == self.set_at:
-            self.set(True)
-        return super().__bool__()
+    def __call__(self) -> bool:
+        self.count += 1
+        return self.stop_at is not None and self.count >= self.stop_at
 
 
 def test_a_worker_reads_the_stop_flag_between_stretches_of_tiny_items() -> None:
-    flag = _CountingFlag()
-    try:
-        out = run_stoppable(square, range(200_000), flag)
-        assert out.values == [x * x for x in range(200_000)] and not out.stopped
-        assert flag.reads < 1000  # about once a millisecond of items, not once an item
-    finally:
-        flag.close()
+    reads = _Reads()
+    out = run_stoppable(square, range(200_000), reads)
+    assert out.values == [x * x for x in range(200_000)] and not out.stopped
+    assert reads.count < 1000  # about once a millisecond of items, not once an item
 
 
 def test_a_worker_starts_no_item_once_the_stop_flag_is_set() -> None:
-    flag = _CountingFlag(set_at=3)
-    try:
-        out = run_stoppable(burn, [2.0] * 10, flag)  # slow items: the flag before each
-        assert out.values == [2.0, 2.0] and out.stopped
-    finally:
-        flag.close()
+    out = run_stoppable(burn, [2.0] * 10, _Reads(stop_at=3))  # slow: read before each item
+    assert out.values == [2.0, 2.0] and out.stopped
 
 
 def test_a_worker_stops_its_chunk_at_its_first_failure() -> None:
-    flag = _CountingFlag()
+    out = run_stoppable(fail_on_3, range(100), _Reads())
+    assert out.values == [0, 1, 2, None] and out.stopped
+    assert out.errors is not None and isinstance(out.errors[3], ValueError)
+
+
+def test_the_stop_flag_holds_the_number_of_the_run_that_stopped() -> None:
+    flag = StopFlag.create()
     try:
-        out = run_stoppable(fail_on_3, range(100), flag)
-        assert out.values == [0, 1, 2, None] and out.stopped
-        assert out.errors is not None and isinstance(out.errors[3], ValueError)
+        assert not flag.stopped(1)
+        flag.stop(1)  # say a worker of run 1 sets it after run 2 has begun:
+        assert flag.stopped(1) and not flag.stopped(2)  # run 2 goes on
     finally:
         flag.close()

@@ -130,7 +130,6 @@ class Hub:
             for w in state.workers.values():
                 if w.sock is not None:
                     self.sel.register(w.sock, w.events, w)
-            state.flag.set(False)
             if state.broken:
                 self.engine.fail_run(BrokenBackend(state.broken))
             while True:
@@ -287,7 +286,7 @@ class Hub:
         """The engine stopped (all_or_nothing saw a failure, or the run is
         over early): no item that has not started should start."""
         self.halted = True
-        self.state.flag.set(True)  # workers stop their chunks between items
+        self.state.flag.stop(self.job.id)  # workers stop their chunks between items
         self._release_pending()
         for w in self.state.workers.values():
             while (sent := self._take_back(w)) is not None:
@@ -413,6 +412,13 @@ class Hub:
         """The report of ``w``'s running chunk cannot be read: the engine's
         crash-isolation rule decides what runs again."""
         sent = w.sends.popleft()
+        flag = self.state.flag
+        if not exact and not self.engine.stopped and flag.stopped(self.job.id):
+            # The worker may have announced a failure in that report (no
+            # retries: it sets the flag itself). The chunk is re-run item by
+            # item to find it; the flag would stop that re-run, so it waits
+            # for the failure to be settled (then ``_halt`` sets it again).
+            flag.stop(0)
         self.engine.lost(sent.task, error, exact=exact)
         self._retire_if_spent(w)
 

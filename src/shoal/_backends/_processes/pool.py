@@ -56,12 +56,13 @@ unpickle in the worker and results that do not unpickle in the driver.
 **all_or_nothing.** A worker stops its chunk at the chunk's first failure
 (``Outcome(stopped=True)``: the engine takes the rest back). Once the engine
 has stopped, the hub sends nothing more, takes back every chunk queued behind
-a running one that has not started (claim pipe), and sets the pool's stop
-flag, a shared byte that workers look at between items (about every
-millisecond of tiny items, before every slow one): no item starts once the
-failure is known, except on a worker that was between the flag's check and
-the item's start. Items already running run to their end (or are killed at
-shutdown).
+a running one that has not started (claim pipe), and writes the run's number
+into the pool's stop flag, a word of shared memory that workers look at
+between items (about every millisecond of tiny items, before every slow
+one); without retries the failing worker writes it itself, before the driver
+has read its report. So no item starts once the failure is known, except on
+a worker that was between its look at the flag and the item's start. Items
+already running run to their end (or are killed at shutdown).
 
 **Chunking.** With ``chunk_size="auto"`` the engine's ``ChunkPolicy`` sizes
 chunks towards ~20 ms of work, four per worker of what remains, each pickle

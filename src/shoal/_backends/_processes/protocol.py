@@ -1,6 +1,6 @@
 """The wire of ``backend="processes"``: framing and pickling of every message.
 
-Two kinds of connection, both Unix stream sockets, a pipe and a shared byte:
+Two kinds of connection, both Unix stream sockets, a pipe and a shared word:
 
 * control socket, driver <-> fork server: fixed-size ``RECORD`` s
   ``(op, a, b)``. A new worker's socket and claim pipe travel with its
@@ -20,10 +20,11 @@ Two kinds of connection, both Unix stream sockets, a pipe and a shared byte:
   the chunk was stolen for an idle worker, and the worker skips it without a
   word. A pipe read is atomic, so exactly one side gets each ticket: neither
   waits for the other, and a chunk never runs twice or not at all.
-* stop flag, one byte of shared memory per pool (``StopFlag``): the driver
-  sets it when the run stops (all_or_nothing saw a failure), and so does a
-  worker whose item failed when no retry can follow; a worker whose job
-  stops on error looks at it between items and stops its chunk there.
+* stop flag, one word of shared memory per pool (``StopFlag``): the driver
+  writes the run's job number there when the run stops (all_or_nothing saw a
+  failure), and so does a worker whose item failed when no retry can follow;
+  a worker whose job stops on error looks at it between items and stops its
+  chunk there when it holds its job's number.
 
 Serialization: protocol 5, the C pickler first and cloudpickle when it fails.
 What cannot be pickled fails its own item with ``NotPicklable``: a chunk is
@@ -92,6 +93,7 @@ _READ_SIZE = 1 << 18
 _READS_PER_CALL = 32
 
 TICKET = struct.Struct("=Q")  # 8 bytes: under PIPE_BUF, so written and read whole
+STOP_WORD = 8  # bytes of the stop flag: one job number
 
 
 
@@ -218,21 +220,24 @@ def load_error(body: bytearray) -> BaseException:
 
 # ------------------------------------------------------------------ stop flag
 class StopFlag:
-    """One byte of memory shared by the driver and every worker of a pool.
+    """The number of the job (run) that stopped, in memory shared by the
+    driver and every worker of a pool (0: none).
 
     The driver creates it (a memfd, else an unlinked temporary file) before
     the fork server starts; the fork server and the workers inherit the fd
     (an exec'd fork server gets it with ``pass_fds``) and map it. Runs use a
-    pool one at a time, so one byte serves them all: the hub clears it when a
-    run starts; the hub, or a worker, sets it when the run stops. A byte is
-    written and read whole: no lock is needed.
+    pool one at a time, so one word serves them all. It holds a job's
+    number, not a yes/no, because a worker may set it a moment after its
+    run ended: the next run must not read that as its own stop. An aligned
+    8-byte word is written and read whole: no lock is needed.
     """
 
-    __slots__ = ("_map", "fd")
+    __slots__ = ("_map", "_word", "fd")
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
-        self._map = mmap.mmap(fd, 1, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self._map = mmap.mmap(fd, STOP_WORD, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self._word = memoryview(self._map).cast("Q")
 
     @classmethod
     def create(cls) -> StopFlag:
@@ -245,13 +250,14 @@ class StopFlag:
         os.ftruncate(fd, mmap.PAGESIZE)
         return cls(fd)
 
-    def set(self, stopped: bool) -> None:
-        self._map[0] = 1 if stopped else 0
+    def stop(self, job: int) -> None:
+        self._word[0] = job
 
-    def __bool__(self) -> bool:
-        return self._map[0] != 0
+    def stopped(self, job: int) -> bool:
+        return self._word[0] == job
 
     def close(self) -> None:
+        self._word.release()
         self._map.close()
         os.close(self.fd)
 

@@ -69,9 +69,10 @@ CHECK_EVERY = 0.001
 class _Job:
     """The run a worker is serving: ``fn`` as called, and the run's options."""
 
-    __slots__ = ("call", "ends_run", "stop_on_error")
+    __slots__ = ("call", "ends_run", "id", "stop_on_error")
 
-    def __init__(self, call: Callable[[Any], Any], flags: int) -> None:
+    def __init__(self, job: int, call: Callable[[Any], Any], flags: int) -> None:
+        self.id = job
         self.call = call
         self.stop_on_error = bool(flags & JOB_STOP_ON_ERROR)
         self.ends_run = bool(flags & JOB_FAILURE_ENDS_RUN)
@@ -83,16 +84,17 @@ def _load_job(body: bytearray, init_globals: dict[str, Any] | None) -> _Job:
     Raises:
         Exception: ``fn`` does not unpickle here.
     """
-    _, flags, fn = read_job(body)
+    job, flags, fn = read_job(body)
     if flags & JOB_SHARES_INIT_GLOBALS and init_globals is not None:
         fn_globals = getattr(unwrap_partial(fn), "__globals__", None)
         if isinstance(fn_globals, dict) and fn_globals is not init_globals:
             fn_globals.update((k, v) for k, v in init_globals.items() if k != "__builtins__")
-    return _Job(sync_caller(fn), flags)
+    return _Job(job, sync_caller(fn), flags)
 
 
-def run_stoppable(call: Callable[[Any], Any], items: Sequence[Any], stop: StopFlag) -> Outcome:
-    """``run_chunk(stop_on_error=True)`` that also stops when ``stop`` is set.
+def run_stoppable(call: Callable[[Any], Any], items: Sequence[Any],
+                  stopped: Callable[[], bool]) -> Outcome:
+    """``run_chunk(stop_on_error=True)`` that also stops when ``stopped()`` says so.
 
     The flag is read between stretches of items of about ``CHECK_EVERY``
     seconds (each stretch is one ``run_chunk``), so a chunk of tiny items
@@ -105,10 +107,10 @@ def run_stoppable(call: Callable[[Any], Any], items: Sequence[Any], stop: StopFl
     seconds = 0.0
     cpu: float | None = 0.0
     size = 1
-    stopped = False
+    halted = False
     while left:
-        if stop:
-            stopped = True
+        if stopped():
+            halted = True
             break
         # A slice, not an islice: map() over a list or range is the fast loop.
         part = run_chunk(call, items[done : done + size], "", stop_on_error=True)
@@ -121,13 +123,13 @@ def run_stoppable(call: Callable[[Any], Any], items: Sequence[Any], stop: StopFl
         done += len(part.values)
         left -= len(part.values)
         if part.stopped:
-            stopped = True
+            halted = True
             break
         # The next stretch: about CHECK_EVERY seconds of items, at most 4x this one.
         per_item = part.duration / len(part.values)
         fits = int(CHECK_EVERY / per_item) if per_item > 0 else size * 4
         size = max(1, min(size * 4, fits))
-    return Outcome(values, errors, seconds, "", cpu=cpu, stopped=stopped and left > 0)
+    return Outcome(values, errors, seconds, "", cpu=cpu, stopped=halted and left > 0)
 
 
 def _serve(sock: socket.socket, claim_fd: int, stop: StopFlag, init_blob: bytes | None) -> None:
@@ -162,15 +164,16 @@ def _serve(sock: socket.socket, claim_fd: int, stop: StopFlag, init_blob: bytes 
         except (Exception, SystemExit) as exc:
             _fail_unreadable(sock, exc)
             continue
+        run_stopped = functools.partial(stop.stopped, job.id)
         if kind == RUN_BATCH:
-            out = run_stoppable(job.call, items, stop) if job.stop_on_error else run_chunk(
-                job.call, items, "")
+            out = run_stoppable(job.call, items, run_stopped) if job.stop_on_error else (
+                run_chunk(job.call, items, ""))
             send_frame(sock, BATCH_DONE, encode_batch(out.values, out.errors, out.duration,
                                                       out.cpu, out.stopped))
             _end_run_if_failed(job, out, stop)
             continue
         for item in items:  # RUN_STREAM
-            if job.stop_on_error and stop:
+            if job.stop_on_error and run_stopped():
                 send_frame(sock, ITEM_STOPPED, encode_batch([], None, 0.0, 0.0, True))
                 break
             out = run_chunk(job.call, (item,), "", stop_on_error=job.stop_on_error)
@@ -186,7 +189,7 @@ def _end_run_if_failed(job: _Job, out: Outcome, stop: StopFlag) -> None:
     tell every worker now, not once the driver has read the report (which is
     sent first, so the driver has the failure before it sees anyone stop)."""
     if job.ends_run and out.errors:
-        stop.set(True)
+        stop.stop(job.id)
 
 
 def _fail_unreadable(sock: socket.socket, exc: BaseException) -> None:
