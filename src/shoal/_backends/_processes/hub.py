@@ -409,18 +409,22 @@ class Hub:
         return _Part()
 
     def _lost(self, w: Worker, error: BaseException, exact: bool) -> None:
-        """The report of ``w``'s running chunk cannot be read: the engine's
-        crash-isolation rule decides what runs again."""
+        """The report of ``w``'s running chunk cannot be read."""
         sent = w.sends.popleft()
+        self._rerun(sent.task, error, exact)
+        self._retire_if_spent(w)
+
+    def _rerun(self, task: Task, error: BaseException, exact: bool) -> None:
+        """A worker died with ``task``, or its report cannot be read: the
+        engine's crash-isolation rule decides what runs again."""
         flag = self.state.flag
         if not exact and not self.engine.stopped and flag.stopped(self.job.id):
-            # The worker may have announced a failure in that report (no
-            # retries: it sets the flag itself). The chunk is re-run item by
-            # item to find it; the flag would stop that re-run, so it waits
-            # for the failure to be settled (then ``_halt`` sets it again).
+            # The worker may have announced a failure the driver will never
+            # read (no retries: it sets the flag itself, then reports). The
+            # items are re-run one by one to find it, and the flag would stop
+            # them all: it waits until the failure is settled (``_halt``).
             flag.stop(0)
-        self.engine.lost(sent.task, error, exact=exact)
-        self._retire_if_spent(w)
+        self.engine.lost(task, error, exact=exact)
 
     def _job_failed(self, w: Worker, error: BaseException) -> None:
         """``fn`` does not unpickle in the worker: the run cannot go on. The
@@ -516,7 +520,7 @@ class Hub:
             task = running.task
             index = task.start + task.done
             error = WorkerCrashed(f"worker pid {w.pid} {how} while running item {index}", code)
-            engine.lost(task, error, exact=running.stream or running.count == 1)
+            self._rerun(task, error, exact=running.stream or running.count == 1)
             for sent in sends[1:]:
                 engine.release(sent.task)
         # No replacement here: the dispatcher starts one when work needs it.

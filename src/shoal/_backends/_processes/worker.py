@@ -168,26 +168,29 @@ def _serve(sock: socket.socket, claim_fd: int, stop: StopFlag, init_blob: bytes 
         if kind == RUN_BATCH:
             out = run_stoppable(job.call, items, run_stopped) if job.stop_on_error else (
                 run_chunk(job.call, items, ""))
+            _end_run_if_failed(job, out, stop)
             send_frame(sock, BATCH_DONE, encode_batch(out.values, out.errors, out.duration,
                                                       out.cpu, out.stopped))
-            _end_run_if_failed(job, out, stop)
             continue
         for item in items:  # RUN_STREAM
             if job.stop_on_error and run_stopped():
                 send_frame(sock, ITEM_STOPPED, encode_batch([], None, 0.0, 0.0, True))
                 break
             out = run_chunk(job.call, (item,), "", stop_on_error=job.stop_on_error)
+            _end_run_if_failed(job, out, stop)
             send_frame(sock, ITEM_STOPPED if out.stopped else ITEM_DONE, encode_batch(
                 out.values, out.errors, out.duration, out.cpu, out.stopped))
-            _end_run_if_failed(job, out, stop)
             if out.stopped:
                 break
 
 
 def _end_run_if_failed(job: _Job, out: Outcome, stop: StopFlag) -> None:
     """all_or_nothing without retries: an item failed, so the run is over;
-    tell every worker now, not once the driver has read the report (which is
-    sent first, so the driver has the failure before it sees anyone stop)."""
+    tell every worker now, not once the driver has read the report. The flag
+    is set before the report is sent, so that the driver, which may have to
+    clear it when the report does not unpickle (``Hub._rerun``), always
+    clears it after it was set. Until the report is read, workers that stop
+    give their chunks back and may be sent them again: a moment's churn."""
     if job.ends_run and out.errors:
         stop.stop(job.id)
 
