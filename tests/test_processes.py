@@ -823,3 +823,29 @@ def test_the_stop_flag_holds_the_number_of_the_run_that_stopped() -> None:
         assert flag.stopped(1) and not flag.stopped(2)  # run 2 goes on
     finally:
         flag.close()
+
+
+def fail_on_5000(x: int) -> int:
+    if x == 5000:
+        raise ValueError("item 5000 fails")
+    return x
+
+
+@pytest.mark.parametrize("as_list", [False, True])
+def test_a_stoppable_chunk_keeps_every_value_in_order(as_list: bool) -> None:
+    items: Any = list(range(200_000)) if as_list else range(200_000)
+    out = run_stoppable(square, items, _Reads())
+    assert out.values == [x * x for x in range(200_000)] and not out.stopped
+    out = run_stoppable(fail_on_5000, items, _Reads())  # a failure past the first stretches
+    assert out.values == [*range(5000), None] and out.stopped
+    assert out.errors is not None and list(out.errors) == [5000]
+
+
+def stdin_and_group(x: int) -> tuple[str, bool]:
+    return os.readlink("/proc/self/fd/0"), os.getpgid(0) == os.getpid()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_worker_leads_its_own_process_group_and_never_reads_the_terminal() -> None:
+    out = shoal.map(stdin_and_group, range(2), backend="processes", workers=1)
+    assert out == [("/dev/null", True)] * 2

@@ -1,8 +1,8 @@
 """A worker process of ``backend="processes"``: runs the chunks the driver sends.
 
-A worker is forked by the fork server (``forkserver.py``), in a session of
-its own, so that it and every process an item starts can be killed together
-(``killpg``). It runs the initializer once, says ``READY``, then serves runs
+A worker is forked by the fork server (``forkserver.py``), in a process
+group of its own, so that it and every process an item starts can be killed
+together (``killpg``). It runs the initializer once, says ``READY``, then serves runs
 one after the other for as long as the pool keeps it: each run is a *job*
 (``JOB`` frame: ``fn`` and the run's options), sent once per worker per run,
 followed by chunks of items. A worker ends when the driver closes its socket
@@ -26,9 +26,8 @@ import os
 import pickle
 import socket
 import sys
-import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from shoal._backends._processes.protocol import (
@@ -66,6 +65,10 @@ def unwrap_partial(fn: Any) -> Any:
 #: with all_or_nothing, how often (seconds of items) a worker running a chunk
 #: looks at the stop flag; items that take longer are checked one by one
 CHECK_EVERY = 0.001
+#: ... except that the rest of a chunk of tiny items (under a tenth of that
+#: each) that takes at most this long runs without another look: the chunk
+#: policy aims at ~20 ms chunks, and a look per stretch costs a copy per item
+REST_AT_ONCE = 0.02
 
 
 class _Job:
@@ -99,33 +102,56 @@ def run_stoppable(call: Callable[[Any], Any], items: Sequence[Any],
     """``run_chunk(stop_on_error=True)`` that also stops when ``stopped()`` says so.
 
     ``stopped`` is asked between stretches of items of about ``CHECK_EVERY``
-    seconds, so a chunk of tiny items pays next to nothing for it and a slow
-    item is never started once the run has failed. The stretches are
-    ``islice`` s of one iterator, chained, which ``run_chunk`` runs in one
-    go: the loop stays in C, and no item or value is copied.
+    seconds, growing from one item, so a slow item is never started once the
+    run has failed; tiny items run in a few stretches (``REST_AT_ONCE``), so
+    that they pay next to nothing for it.
     """
-    halted = False
-
-    def stretches() -> Iterator[Iterator[Any]]:
-        nonlocal halted
-        it = iter(items)
-        left = len(items)
-        size = 1
-        while left > 0:
-            if stopped():
-                halted = True
-                return
-            began = time.perf_counter()
-            yield itertools.islice(it, size)  # resumed once run_chunk has run it
-            took = time.perf_counter() - began
-            left -= size
-            # The next stretch: about CHECK_EVERY seconds of items, at most 4x this one.
-            fits = int(CHECK_EVERY * size / took) if took > 0 else size * 4
-            size = max(1, min(size * 4, fits))
-
-    out = run_chunk(call, itertools.chain.from_iterable(stretches()), "", stop_on_error=True)
-    out.stopped = len(out.values) < len(items) and (out.stopped or halted)
+    done = 0
+    size = 1
+    out: Outcome | None = None
+    while done < len(items):
+        if stopped():
+            break
+        if out is not None and out.values:
+            per_item = out.duration / len(out.values)
+            rest = len(items) - done
+            if per_item < CHECK_EVERY / 10 and per_item * rest <= REST_AT_ONCE:
+                size = rest
+        # The rest in one go is an islice (a list's slice would copy it); a
+        # stretch, a slice (map over a list or range is the fastest loop).
+        stretch = items[done : done + size] if size < len(items) - done else (
+            itertools.islice(items, done, None))
+        part = run_chunk(call, stretch, "", stop_on_error=True)
+        ran, took, stop = len(part.values), part.duration, part.stopped
+        out = part if out is None else _joined(out, part)  # may take over part's list
+        done += ran
+        if stop:
+            break
+        # The next stretch: about CHECK_EVERY seconds of items, at most 4x this one.
+        per_item = took / ran
+        fits = int(CHECK_EVERY / per_item) if per_item > 0 else size * 4
+        size = max(1, min(size * 4, fits))
+    if out is None:
+        out = Outcome([], None, 0.0, "", cpu=0.0)
+    out.stopped = done < len(items)
     return out
+
+
+def _joined(head: Outcome, tail: Outcome) -> Outcome:
+    """The outcome of ``head``'s items followed by ``tail``'s."""
+    offset = len(head.values)
+    if len(tail.values) > offset:  # move the shorter list's pointers, not the longer's
+        tail.values[:0] = head.values
+        values = tail.values
+    else:
+        head.values.extend(tail.values)
+        values = head.values
+    errors = head.errors
+    if tail.errors:
+        errors = {**(errors or {}), **{offset + k: e for k, e in tail.errors.items()}}
+    cpu = None if head.cpu is None or tail.cpu is None else head.cpu + tail.cpu
+    return Outcome(values, errors, head.duration + tail.duration, "", cpu=cpu,
+                   stopped=tail.stopped)
 
 
 def _serve(sock: socket.socket, claim_fd: int, stop: StopFlag, init_blob: bytes | None) -> None:
