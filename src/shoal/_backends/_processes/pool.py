@@ -58,11 +58,14 @@ unpickle in the worker and results that do not unpickle in the driver.
 has stopped, the hub sends nothing more, takes back every chunk queued behind
 a running one that has not started (claim pipe), and writes the run's number
 into the pool's stop flag, a word of shared memory that workers look at
-between items (about every millisecond of tiny items, before every slow
-one); without retries the failing worker writes it itself, before the driver
-has read its report. So no item starts once the failure is known, except on
-a worker that was between its look at the flag and the item's start. Items
-already running run to their end (or are killed at shutdown).
+between items (before every item of a millisecond or more, about every
+millisecond of shorter ones); without retries the failing worker writes it
+itself, before the driver has read its report. So no item starts once the
+failure is known, except on a worker that was between its look at the flag
+and the item's start, and except the rest of a chunk of tiny items (under
+0.1 ms each) that takes under ~20 ms: a look per stretch of them costs a
+copy per item. Items already running run to their end (or are killed at
+shutdown).
 
 **Chunking.** With ``chunk_size="auto"`` the engine's ``ChunkPolicy`` sizes
 chunks towards ~20 ms of work, four per worker of what remains, each pickle
