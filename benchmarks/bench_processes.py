@@ -13,7 +13,13 @@ Scenarios (the targets of the issue that introduced the backend):
 4. hang: 200 items of 10 ms, one never returns, ``timeout=1`` (target: under 3 s
    with 199 results);
 5. Ctrl-C: SIGINT to a driver script whose workers are busy (target: it exits
-   within 2 s and leaves no process behind).
+   within 2 s and leaves no process behind);
+6. warm: a second ``map(x * x, range(100))`` on warm workers (``ProcessWorkers``,
+   what a ``shoal.Pool`` keeps; driven here through the run's warm lookup),
+   next to joblib's warm call (loky reuses its workers) and to a cold
+   ``shoal.map`` that starts and stops its pool (target: within 2x of joblib,
+   at least 10x faster than cold). Each contender runs in a fresh interpreter
+   per round: one untimed call, then the median of 30 calls.
 
 Timings (scenarios 1 and 2) are taken in rounds. In each round every
 contender runs in a fresh interpreter that times the baseline and then the
@@ -316,7 +322,67 @@ def bench_ctrl_c() -> None:
           f"{len(family)} child processes before, {len(left)} left")
 
 
-SCENARIOS = ("tiny", "cpu", "crash", "hang", "ctrl-c")
+WARM_CALLS = 30
+WARM_CONTENDERS = ("shoal warm ProcessWorkers", "joblib warm call", "shoal.map cold")
+
+
+def warm_contender(name: str) -> Callable[[], list[Any]]:
+    """A call of ``map(square, range(100))`` the way contender ``name`` makes it."""
+    data = range(100)
+    if name == "shoal warm ProcessWorkers":
+        from shoal._backends._processes.pool import ProcessWorkers
+        from shoal._core.consumer import segments
+        from shoal._core.options import Options
+        from shoal._core.run import Run
+
+        pool = ProcessWorkers(Options(), WORKERS)
+        opts = {"backend": "processes", "workers": WORKERS}
+
+        def on_pool() -> list[Any]:
+            run = Run(square, data, Options.from_kwargs("all_or_nothing", opts), opts,
+                      warm=lambda kind: pool)
+            out: list[Any] = []
+            for segs in segments(run):
+                for seg in segs:
+                    out.extend(seg.values if seg.results is None else
+                               [r.value for r in seg.results])
+            run.close(None)
+            return out
+
+        return on_pool
+    if name == "joblib warm call":
+        return lambda: joblib_map(square, data)
+    return lambda: shoal.map(square, data, backend="processes", workers=WORKERS)
+
+
+def warm_child(name: str) -> None:
+    """In a fresh interpreter: one untimed call, then the median of WARM_CALLS."""
+    call = warm_contender(name)
+    assert call() == [x * x for x in range(100)], name
+    print(statistics.median(timed(call) for _ in range(WARM_CALLS)))
+
+
+def bench_warm(repeats: int) -> None:
+    before = load()
+    names = [n for n in WARM_CONTENDERS if n != "joblib warm call" or _available("joblib")]
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(repeats):
+        for name in names:
+            out = subprocess.run([sys.executable, __file__, "--warm-child", name],
+                                 capture_output=True, text=True, check=True).stdout.split()
+            times[name].append(float(out[-1]))
+    median = {name: statistics.median(t) for name, t in times.items()}
+    print(f"\n6. warm: a second map(x * x, range(100)), {WORKERS} workers, median of "
+          f"{WARM_CALLS} calls x {repeats} rounds ({before}, after: {load()})")
+    warm = median["shoal warm ProcessWorkers"]
+    for name, t in median.items():
+        print(f"   {name:<32} {t * 1000:8.2f} ms  {t / warm:6.2f}x the warm pool's time")
+    if "joblib warm call" in median:
+        print(f"   warm pool / joblib: {warm / median['joblib warm call']:.2f}x (target <= 2)")
+    print(f"   cold / warm pool: {median['shoal.map cold'] / warm:.1f}x (target >= 10)")
+
+
+SCENARIOS = ("tiny", "cpu", "crash", "hang", "ctrl-c", "warm")
 
 
 def main() -> None:
@@ -329,7 +395,11 @@ def main() -> None:
                         help="leave joblib and mpire out of the tiny scenario")
     parser.add_argument("--child", nargs=4, metavar=("SCENARIO", "NAME", "N", "PER_MS"),
                         help=argparse.SUPPRESS)
+    parser.add_argument("--warm-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.warm_child:
+        warm_child(args.warm_child)
+        return
     if args.child:
         scenario, name, n, per_ms = args.child
         child(scenario, name, int(n), int(per_ms))
@@ -351,6 +421,8 @@ def main() -> None:
         bench_hang(200)
     if "ctrl-c" in only:
         bench_ctrl_c()
+    if "warm" in only:
+        bench_warm(repeats)
 
 
 if __name__ == "__main__":

@@ -500,8 +500,7 @@ def test_checkpoint_with_unordered_results(backend: str, opts: dict[str, Any],
     assert runs_per_item(folder) == Counter({3: 2, **{x: 1 for x in range(8) if x != 3}})
 
 
-@pytest.mark.parametrize("backend", kit.every(
-    xfail={"processes": REST_OF_CHUNK_RUNS.format("processes")}))
+@pytest.mark.parametrize("backend", kit.every())
 def test_all_or_nothing_with_chunks_starts_nothing_after_the_failure(
     backend: str, opts: dict[str, Any], folder: Path
 ) -> None:

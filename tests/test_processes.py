@@ -25,8 +25,15 @@ import psutil
 import pytest
 
 import shoal
-from shoal._backends._processes.child import describe_exit, fork_is_safe
-from shoal._backends._processes.protocol import Claims, claim_pipe, put_ticket, take_ticket
+from shoal._backends._processes.forkserver import describe_exit, fork_is_safe
+from shoal._backends._processes.protocol import (
+    Claims,
+    StopFlag,
+    claim_pipe,
+    put_ticket,
+    take_ticket,
+)
+from shoal._backends._processes.worker import run_stoppable
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX only")
 
@@ -162,6 +169,10 @@ def init_fails() -> None:
     raise RuntimeError("no database today")
 
 
+def init_slowly(seconds: float) -> None:
+    time.sleep(seconds)  # the workload: a model that takes a while to load
+
+
 async def async_double(x: int) -> int:
     await asyncio.sleep(0)
     return 2 * x
@@ -192,6 +203,110 @@ def burn(ms: float) -> float:
     while time.thread_time() < end:
         pass
     return ms
+
+
+def _rebuild_outside(message: str, driver_pid: int) -> BaseException:
+    if os.getpid() == driver_pid:
+        raise RuntimeError("this exception does not unpickle in the driver")
+    return DriverCannotRead(message, driver_pid)
+
+
+class DriverCannotRead(Exception):
+    """Pickles and unpickles in a worker; does not unpickle in the driver."""
+
+    def __init__(self, message: str, driver_pid: int) -> None:
+        super().__init__(message)
+        self.driver_pid = driver_pid
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_outside, (str(self), self.driver_pid))
+
+
+def raise_driver_cannot_read_on_3(arg: tuple[int, int]) -> int:
+    x, driver_pid = arg
+    if x == 3:
+        raise DriverCannotRead(f"item {x}", driver_pid)
+    return x
+
+
+def returns_badly_on_3(x: int) -> Any:
+    return UnpicklesBadly() if x == 3 else x
+
+
+def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    """Bounded poll, in a worker, for something another process does."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout}s for {what}")
+        time.sleep(0.005)
+
+
+def start_child_and_wait(arg: tuple[int, str]) -> int:
+    """Item 0 starts a grandchild (``sleep 60``), records its pid and waits for it."""
+    x, pid_file = arg
+    if x == 0:
+        child = subprocess.Popen(["sleep", "60"])
+        Path(pid_file).write_text(str(child.pid))
+        child.wait()
+    return x
+
+
+def start_child_and_return(pid_file: str) -> int:
+    """Leaves an orphan behind: ``sleep 60``, not waited for."""
+    child = subprocess.Popen(["sleep", "60"])
+    Path(pid_file).write_text(str(child.pid))
+    return child.pid
+
+
+def fail_once_the_child_runs(arg: tuple[str, str]) -> int:
+    role, pid_file = arg
+    if role == "child":
+        return start_child_and_wait((0, pid_file))
+    _wait_for(lambda: os.path.exists(pid_file), "the grandchild's pid file")
+    raise ValueError("the batch fails while another item waits on its child process")
+
+
+def _stop_flag_is_set() -> bool:
+    """Read the pool's stop flag from inside an item (the memfd every worker maps)."""
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("/memfd:shoal-stop-flag"):
+            return os.pread(int(fd), 8, 0) != bytes(8)  # a job's number: it stopped
+    raise RuntimeError("no stop flag in this worker")
+
+
+def log_fail_or_wait_for_stop(arg: tuple[int, str]) -> int:
+    """Item 0 fails at once; item 5 (first of the other worker's chunk) waits
+    until the driver has set the stop flag; every item logs that it started."""
+    x, log = arg
+    with open(log, "a") as f:
+        f.write(f"{x}\n")
+    if x == 0:
+        _wait_for(lambda: "5" in Path(log).read_text().split(), "item 5 to start")
+        raise ValueError("item 0 fails")
+    if x == 5:
+        _wait_for(_stop_flag_is_set, "the stop flag")
+    return x
+
+
+def log_and_fail_on_3(arg: tuple[int, str]) -> int:
+    x, log = arg
+    with open(log, "a") as f:
+        f.write(f"{x}\n")
+    if x == 3:
+        raise ValueError("item 3 fails")
+    return x
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return _wait_gone([psutil.Process(pid)]) == []
+    except psutil.NoSuchProcess:
+        return True
 
 
 # ------------------------------------------------------ engine behaviours
@@ -340,6 +455,28 @@ def test_item_that_does_not_unpickle_in_the_worker_fails_alone() -> None:
     assert "could not be unpickled in the worker" in str(error)
 
 
+@pytest.mark.parametrize("chunk_size", [1, 5])
+def test_item_that_does_not_unpickle_in_the_worker_fails_alone_in_any_chunk(
+        opts: dict[str, Any], chunk_size: int) -> None:
+    items: list[Any] = [0, 1, 2, UnpicklesBadly(), 4, 5, 6, 7, 8, 9]
+    report = shoal.run(identity, items, **{**opts, "chunk_size": chunk_size})
+    assert [r.index for r in report.failures] == [3]
+    assert "could not be unpickled in the worker" in str(report.failures[0].error)
+    assert [r.value for r in report.results if r.ok] == [0, 1, 2, 4, 5, 6, 7, 8, 9]
+
+
+@pytest.mark.parametrize("chunk_size", [1, 5])
+def test_result_that_does_not_unpickle_in_the_driver_fails_alone(
+        opts: dict[str, Any], chunk_size: int) -> None:
+    report = shoal.run(returns_badly_on_3, range(10), **{**opts, "chunk_size": chunk_size})
+    assert [r.index for r in report.failures] == [3]
+    error = report.failures[0].error
+    assert isinstance(error, shoal.NotPicklable)
+    assert "could not be unpickled in the driver" in str(error)
+    assert "this item does not unpickle" in str(error)
+    assert [r.value for r in report.results if r.ok] == [0, 1, 2, 4, 5, 6, 7, 8, 9]
+
+
 def test_unpicklable_exception_becomes_remote_error() -> None:
     report = shoal.run(raise_unpicklable, [1], backend="processes", workers=1)
     error = report.failures[0].error
@@ -416,6 +553,86 @@ def test_a_hung_item_times_out_and_its_worker_is_replaced() -> None:
     assert [r.index for r in report.failures] == [3]
     assert isinstance(report.failures[0].error, TimeoutError)
     assert [r.value for r in report.results if r.ok] == [x for x in range(12) if x != 3]
+
+
+@pytest.mark.timeout(30)
+def test_a_timed_out_item_takes_its_child_processes_with_it(tmp_path: Path) -> None:
+    pid_file = tmp_path / "grandchild"
+    report = shoal.run(start_child_and_wait, [(x, str(pid_file)) for x in range(3)],
+                       backend="processes", workers=1, timeout=1.0)
+    assert [r.index for r in report.failures] == [0]
+    assert isinstance(report.failures[0].error, TimeoutError)
+    assert _gone(int(pid_file.read_text()))  # killed with its worker's process group
+
+
+@pytest.mark.timeout(30)
+def test_a_cancelled_run_takes_the_child_processes_of_running_items(tmp_path: Path) -> None:
+    pid_file = tmp_path / "grandchild"
+    with pytest.raises(ValueError, match="another item waits on its child"):
+        shoal.map(fail_once_the_child_runs, [("child", str(pid_file)), ("fail", str(pid_file))],
+                  backend="processes", workers=2, chunk_size=1)
+    assert _gone(int(pid_file.read_text()))
+
+
+def test_processes_an_item_leaves_behind_end_with_the_pool(tmp_path: Path) -> None:
+    pid_file = tmp_path / "orphan"
+    [pid] = shoal.map(start_child_and_return, [str(pid_file)], backend="processes", workers=1)
+    assert _gone(pid)
+
+
+# ------------------------------------------------------------ all_or_nothing
+@pytest.mark.parametrize("mode", [{}, {"timeout": 60}], ids=["batch", "stream"])
+def test_all_or_nothing_stops_a_chunk_at_its_first_failure(tmp_path: Path,
+                                                           mode: dict[str, Any]) -> None:
+    log = tmp_path / "ran.log"
+    with pytest.raises(ValueError, match="item 3 fails"):
+        shoal.map(log_and_fail_on_3, [(x, str(log)) for x in range(10)], backend="processes",
+                  workers=1, chunk_size=10, **mode)
+    assert log.read_text().split() == ["0", "1", "2", "3"]
+
+
+@pytest.mark.timeout(30)
+def test_a_stopped_chunk_is_known_even_when_its_report_does_not_unpickle() -> None:
+    # all_or_nothing with a retry: the worker stops its chunk at item 3, whose
+    # report the driver cannot read; the retry must still run (on the same,
+    # only worker) and the run end with the item's failure.
+    with pytest.raises(shoal.NotPicklable, match="could not be unpickled in the driver"):
+        shoal.map(raise_driver_cannot_read_on_3, [(x, os.getpid()) for x in range(10)],
+                  backend="processes", workers=1, chunk_size=10, timeout=60, retries=1)
+
+
+@pytest.mark.timeout(30)
+def test_a_failure_the_driver_cannot_read_in_a_chunk_still_ends_the_run() -> None:
+    # Without retries the failing worker sets the stop flag itself; its batch
+    # report does not unpickle, so the engine re-runs the chunk item by item
+    # to find the failure: the flag must not stop that re-run.
+    with pytest.raises(shoal.NotPicklable, match="could not be unpickled in the driver"):
+        shoal.map(raise_driver_cannot_read_on_3, [(x, os.getpid()) for x in range(10)],
+                  backend="processes", workers=2, chunk_size=5)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("mode", [{}, {"timeout": 60}], ids=["batch", "stream"])
+def test_all_or_nothing_starts_no_item_on_any_worker_once_a_failure_is_known(
+        tmp_path: Path, mode: dict[str, Any]) -> None:
+    log = tmp_path / "ran.log"
+    with pytest.raises(ValueError, match="item 0 fails"):
+        shoal.map(log_fail_or_wait_for_stop, [(x, str(log)) for x in range(20)],
+                  backend="processes", workers=2, chunk_size=5, **mode)
+    ran = sorted(int(x) for x in log.read_text().split())
+    # item 5 was running when item 0 failed; nothing after it started anywhere
+    assert ran == [0, 5]
+
+
+@pytest.mark.timeout(30)
+def test_a_slow_initializer_does_not_count_against_the_first_items_timeout() -> None:
+    # Workers start when a task waits; the task must not be on the clock
+    # while its worker starts (here: 1.5 s of initializer, timeout=1).
+    report = shoal.run(square, range(4), backend="processes", workers=2, timeout=1.0,
+                       initializer=init_slowly, initargs=(1.5,))
+    assert report.failures == []
+    assert [r.value for r in report.results] == [0, 1, 4, 9]
 
 
 # ------------------------------------------------------------ life-cycle
@@ -566,3 +783,69 @@ def test_claims_skip_a_chunk_whose_ticket_the_driver_took_back() -> None:
     finally:
         os.close(read_end)
         os.close(write_end)
+
+
+class _Reads:
+    """A stop flag's reader that counts its reads, and says stop from read ``stop_at`` on."""
+
+    def __init__(self, stop_at: int | None = None) -> None:
+        self.count = 0
+        self.stop_at = stop_at
+
+    def __call__(self) -> bool:
+        self.count += 1
+        return self.stop_at is not None and self.count >= self.stop_at
+
+
+def test_a_worker_reads_the_stop_flag_between_stretches_of_tiny_items() -> None:
+    reads = _Reads()
+    out = run_stoppable(square, range(200_000), reads)
+    assert out.values == [x * x for x in range(200_000)] and not out.stopped
+    assert reads.count < 1000  # about once a millisecond of items, not once an item
+
+
+def test_a_worker_starts_no_item_once_the_stop_flag_is_set() -> None:
+    out = run_stoppable(burn, [2.0] * 10, _Reads(stop_at=3))  # slow: read before each item
+    assert out.values == [2.0, 2.0] and out.stopped
+
+
+def test_a_worker_stops_its_chunk_at_its_first_failure() -> None:
+    out = run_stoppable(fail_on_3, range(100), _Reads())
+    assert out.values == [0, 1, 2, None] and out.stopped
+    assert out.errors is not None and isinstance(out.errors[3], ValueError)
+
+
+def test_the_stop_flag_holds_the_number_of_the_run_that_stopped() -> None:
+    flag = StopFlag.create()
+    try:
+        assert not flag.stopped(1)
+        flag.stop(1)  # say a worker of run 1 sets it after run 2 has begun:
+        assert flag.stopped(1) and not flag.stopped(2)  # run 2 goes on
+    finally:
+        flag.close()
+
+
+def fail_on_5000(x: int) -> int:
+    if x == 5000:
+        raise ValueError("item 5000 fails")
+    return x
+
+
+@pytest.mark.parametrize("as_list", [False, True])
+def test_a_stoppable_chunk_keeps_every_value_in_order(as_list: bool) -> None:
+    items: Any = list(range(200_000)) if as_list else range(200_000)
+    out = run_stoppable(square, items, _Reads())
+    assert out.values == [x * x for x in range(200_000)] and not out.stopped
+    out = run_stoppable(fail_on_5000, items, _Reads())  # a failure past the first stretches
+    assert out.values == [*range(5000), None] and out.stopped
+    assert out.errors is not None and list(out.errors) == [5000]
+
+
+def stdin_and_group(x: int) -> tuple[str, bool]:
+    return os.readlink("/proc/self/fd/0"), os.getpgid(0) == os.getpid()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_worker_leads_its_own_process_group_and_never_reads_the_terminal() -> None:
+    out = shoal.map(stdin_and_group, range(2), backend="processes", workers=1)
+    assert out == [("/dev/null", True)] * 2

@@ -23,8 +23,12 @@ _REGISTRY: dict[str, str] = {
     "dask": "shoal._backends._dask.backend:DaskBackend",
 }
 
-# name -> "module:Class" of the backend's warm workers (``WarmWorkers``),
-# kept between runs by a ``shoal.Pool``; imported on first use only.
+def _load(spec: str) -> Any:
+    """The class a "module:Class" spec names, imported now."""
+    module_name, _, cls_name = spec.partition(":")
+    return getattr(importlib.import_module(module_name), cls_name)
+
+
 def backend_class(name: str) -> type[Backend]:
     """The backend class registered under ``name``.
 
@@ -32,10 +36,8 @@ def backend_class(name: str) -> type[Backend]:
         KeyError: no backend of that name (options validation reports it first).
         BackendUnavailable: the backend's optional dependency is missing.
     """
-    module_name, _, cls_name = _REGISTRY[name].partition(":")
-    module = importlib.import_module(module_name)
-    cls: Any = getattr(module, cls_name)
-    return cls  # type: ignore[no-any-return]
+    cls: type[Backend] = _load(_REGISTRY[name])
+    return cls
 
 
 # name -> "module:Class" of the backend's warm workers (``WarmWorkers``: what a
@@ -44,6 +46,7 @@ def backend_class(name: str) -> type[Backend]:
 _WARM: dict[str, str] = {
     "sequential": "shoal._backends._sequential:SequentialWorkers",
     "threads": "shoal._backends._threads:ThreadWorkers",
+    "processes": "shoal._backends._processes.pool:ProcessWorkers",
     "dask": "shoal._backends._dask.warm:DaskWorkers",
 }
 
@@ -51,7 +54,8 @@ _WARM: dict[str, str] = {
 def warm_class(name: str) -> type[WarmWorkers] | None:
     """The class of warm workers of backend ``name``, or None if it has none.
 
-    A pool makes one with ``cls(options)``: the pool's validated ``Options``
+    A pool makes one with ``cls(options)`` (``workers`` defaults to the
+    options' or the backend's): the pool's validated ``Options``
     (``workers``, ``initializer``/``initargs``, ``max_items_per_worker``,
     ``address``, ``backend_options`` are the pool's, the same for every run).
 
@@ -61,9 +65,8 @@ def warm_class(name: str) -> type[WarmWorkers] | None:
     spec = _WARM.get(name)
     if spec is None:
         return None
-    module_name, _, cls_name = spec.partition(":")
-    cls: Any = getattr(importlib.import_module(module_name), cls_name)
-    return cls  # type: ignore[no-any-return]
+    cls: type[WarmWorkers] = _load(spec)
+    return cls
 
 
 __all__ = ["Backend", "InlineBackend", "WarmWorkers", "backend_class", "warm_class"]

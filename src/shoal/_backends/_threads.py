@@ -137,7 +137,12 @@ class ThreadBackend(Backend):
             if self._waiting:
                 self._cond.notify()
                 return
-            grow = not self._closing and len(self._workers) < self.workers
+            # As ThreadPoolExecutor: a new thread only when none is idle. A
+            # thread between two tasks (or still starting) will ask the engine
+            # itself; the one calling here is about to run a task of its own.
+            current = threading.current_thread()
+            idle = any(w.task is None and w.thread is not current for w in self._workers)
+            grow = not idle and not self._closing and len(self._workers) < self.workers
         if grow:
             self._spawn()  # work is waiting and every thread is busy: one more
 

@@ -55,10 +55,13 @@ def _steps(run: Run, clear: Callable[[], None]) -> Iterator[_Step]:
     engine = run.engine
     while True:
         clear()
+        segs = run.taken = engine.take()  # the run's until delivered (Ctrl-C may come)
+        # After the take: every item about to be delivered is recorded first
+        # (a caller may hold the results it got for as long as it likes).
         run.record_settled()
-        segs = engine.take()
         if segs:
             yield _Deliver(segs)
+            run.taken = []
             engine.free(sum(s.count for s in segs))  # the caller has them now
             continue
         run.check()

@@ -361,7 +361,6 @@ _exiting = False
 _ids = itertools.count()
 
 
-@atexit.register
 def _at_exit() -> None:
     global _exiting
     _exiting = True
@@ -371,6 +370,13 @@ def _at_exit() -> None:
         calls.finish(cancel_futures=False)
     for _, thread in live:
         thread.join()
+
+
+# As concurrent.futures does: at the main thread's end, before atexit
+# callbacks run, so that the pools the calls run on (closed by their own
+# finalizers at exit) are still there to finish them.
+_register = getattr(threading, "_register_atexit", atexit.register)
+_register(_at_exit)
 
 
 class Executor(concurrent.futures.Executor):

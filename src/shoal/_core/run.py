@@ -72,6 +72,7 @@ class Run:
         self.started_at = time.time()
         self.settings = dict(settings or {})
         self.delivered: list[Segment] = []  # kept only when a report is wanted
+        self.taken: list[Segment] = []  # taken from the engine, not yet delivered
         self.closed = False
         source = self.source = make_source(items, lambda: self.engine.input_ready())
         self.total: int | None = opts.total
@@ -249,7 +250,9 @@ class Run:
     def report(self, interrupted: bool = False) -> BatchReport[Any]:
         segments = self.delivered
         if interrupted:
-            segments = sorted(segments + self.engine.undelivered(), key=lambda s: s.start)
+            segments = sorted(segments + self.taken + self.engine.undelivered(),
+                              key=lambda s: s.start)
+            self.taken = []
         return BatchReport(None, self.backend_name, self.reason, self.backend.workers,
                            time.perf_counter() - self.started, interrupted,
                            started_at=self.started_at, settings=self.settings,

@@ -1,6 +1,6 @@
 """The wire of ``backend="processes"``: framing and pickling of every message.
 
-Two kinds of connection, both Unix stream sockets, and a pipe:
+Two kinds of connection, both Unix stream sockets, a pipe and a shared word:
 
 * control socket, driver <-> fork server: fixed-size ``RECORD`` s
   ``(op, a, b)``. A new worker's socket and claim pipe travel with its
@@ -10,6 +10,9 @@ Two kinds of connection, both Unix stream sockets, and a pipe:
   pickle. The worker reads and writes them blocking (``send_frame``,
   ``recv_frame``); the driver's hub, on non-blocking sockets, splits what it
   reads with a ``FrameReader`` and queues what it writes in a ``FrameWriter``.
+  A worker outlives a run (warm workers): each run is a *job*, its ``fn``
+  pickled once and sent to a worker in a ``JOB`` frame before the worker's
+  first chunk of that run; the worker keeps it until the next ``JOB``.
 * claim pipe, one per worker, whose read end both the driver and the worker
   hold: for every chunk it sends, the driver first writes the chunk's
   *ticket* (its number on that worker) into the pipe. Before running a chunk
@@ -17,6 +20,11 @@ Two kinds of connection, both Unix stream sockets, and a pipe:
   the chunk was stolen for an idle worker, and the worker skips it without a
   word. A pipe read is atomic, so exactly one side gets each ticket: neither
   waits for the other, and a chunk never runs twice or not at all.
+* stop flag, one word of shared memory per pool (``StopFlag``): the driver
+  writes the run's job number there when the run stops (all_or_nothing saw a
+  failure), and so does a worker whose item failed when no retry can follow;
+  a worker whose job stops on error looks at it between items and stops its
+  chunk there when it holds its job's number.
 
 Serialization: protocol 5, the C pickler first and cloudpickle when it fails.
 What cannot be pickled fails its own item with ``NotPicklable``: a chunk is
@@ -27,6 +35,7 @@ are its items or values pickled one by one to find the culprit.
 from __future__ import annotations
 
 import itertools
+import mmap
 import os
 import pickle
 import socket
@@ -59,15 +68,23 @@ OP_SPAWN_FAILED = 12  # (token, errno)
 OP_EXITED = 13  # (pid, exitcode): negative for a signal, as in multiprocessing
 
 HEADER = struct.Struct("!BQ")
-# driver -> worker; body: a pickled list of items
-RUN_BATCH = 1  # answer with one BATCH_DONE for the whole chunk
-RUN_STREAM = 2  # answer with one ITEM_DONE per item, as each finishes
+# driver -> worker
+RUN_BATCH = 1  # body: a pickled list of items; answer with one BATCH_DONE for the whole chunk
+RUN_STREAM = 2  # as RUN_BATCH; answer with one ITEM_DONE per item, as each finishes
+JOB = 3  # body: JOB_HEAD (job id, flags) + fn pickled with cloudpickle; no answer unless it fails
 # worker -> driver
-READY = 11  # fn unpickled and initializer run; body empty
-FATAL = 12  # the worker cannot start; body: (exception, traceback text)
-BATCH_DONE = 13  # body: (values, {position: (exception, traceback text)} or None, seconds)
-ITEM_DONE = 14  # body: as BATCH_DONE, for the next single item of a RUN_STREAM chunk
-UNREADABLE = 15  # the chunk did not unpickle; body: (exception, traceback text)
+READY = 11  # initializer run; body empty
+FATAL = 12  # the worker cannot start (the initializer raised); body: a CarriedError
+BATCH_DONE = 13  # body: (values, {position: CarriedError} or None, seconds, cpu, stopped)
+ITEM_DONE = 14  # body: as BATCH_DONE, for the next item of a RUN_STREAM chunk
+UNREADABLE = 15  # the chunk did not unpickle; body: a CarriedError
+JOB_FAILED = 16  # fn did not unpickle; body: a CarriedError; the worker skips the job's chunks
+ITEM_STOPPED = 17  # as ITEM_DONE, and the worker ran no more of the chunk (all_or_nothing)
+
+JOB_HEAD = struct.Struct("!QB")
+JOB_STOP_ON_ERROR = 1  # all_or_nothing: stop a chunk at its first failure, or when stopped
+JOB_SHARES_INIT_GLOBALS = 2  # fn and the initializer share their globals in the driver
+JOB_FAILURE_ENDS_RUN = 4  # all_or_nothing without retries: set the stop flag at a failure
 
 SMALL_FRAME = 1 << 16  # below this, header and body go out in one write
 #: asked for each direction of a worker socket (the kernel caps it: net.core.wmem_max)
@@ -76,6 +93,7 @@ _READ_SIZE = 1 << 18
 _READS_PER_CALL = 32
 
 TICKET = struct.Struct("=Q")  # 8 bytes: under PIPE_BUF, so written and read whole
+STOP_WORD = 8  # bytes of the stop flag: one job number
 
 
 
@@ -85,19 +103,20 @@ TICKET = struct.Struct("=Q")  # 8 bytes: under PIPE_BUF, so written and read who
 
 
 def encode_batch(values: list[Any], errors: dict[int, BaseException] | None,
-                 seconds: float, cpu: float | None) -> bytes:
+                 seconds: float, cpu: float | None, stopped: bool = False) -> bytes:
     """A BATCH_DONE / ITEM_DONE body (values, carried errors, wall and CPU
-    seconds); a result that cannot be pickled fails its item alone."""
+    seconds, whether the worker stopped early); a result that cannot be
+    pickled fails its item alone."""
     errs = carried(errors)
     try:
-        return dumps((values, errs, seconds, cpu))
+        return dumps((values, errs, seconds, cpu, stopped))
     except Exception:
         pass
     errs = errs or {}
     for k, error in unpicklable(values, "the result").items():
         values[k] = None
         errs[k] = CarriedError(error)
-    return dumps((values, errs, seconds, cpu))
+    return dumps((values, errs, seconds, cpu, stopped))
 
 
 def encode_error(exc: BaseException) -> bytes:
@@ -123,51 +142,68 @@ def pickle_for_workers(what: str, obj: object) -> bytes:
         ) from exc
 
 
-def worker_payload(fn: object, initializer: object, initargs: tuple[Any, ...]) -> bytes:
-    """What every worker is started with: ``fn`` and the initializer, pickled once.
+def initializer_payload(initializer: object, initargs: tuple[Any, ...]) -> bytes | None:
+    """What every worker is started with: the initializer and its arguments, pickled once.
 
     Raises:
-        NotPicklable: ``fn``, the initializer or its arguments cannot be pickled.
+        NotPicklable: the initializer or its arguments cannot be pickled.
     """
-    fn_blob = pickle_for_workers("fn", fn)
-    init_blob = None
-    if initializer is not None:
-        init_blob = pickle_for_workers("initializer", (initializer, initargs))
-    return pickle.dumps((fn_blob, init_blob), PICKLE_PROTOCOL)
+    if initializer is None:
+        return None
+    return pickle_for_workers("initializer", (initializer, initargs))
+
+
+def job_frame(job: int, fn_blob: bytes, flags: int) -> bytes:
+    """A JOB body: the job's number, its flags and ``fn`` as pickled once for the run."""
+    return JOB_HEAD.pack(job, flags) + fn_blob
+
+
+def read_job(body: bytearray) -> tuple[int, int, Any]:
+    """A JOB body: (job number, flags, fn).
+
+    Raises:
+        Exception: ``fn`` does not unpickle here (a module the worker cannot import).
+    """
+    job, flags = JOB_HEAD.unpack_from(body)
+    return job, flags, pickle.loads(memoryview(body)[JOB_HEAD.size :])
 
 
 def pickle_items(items: Sequence[Any], first_index: int,
-                  by_value: bool) -> tuple[int, bytes, NotPicklable | None]:
+                 other_main: bool) -> tuple[int, bytes, NotPicklable | None]:
     """Pickle the longest prefix of ``items`` that pickles.
+
+    ``other_main``: the workers' ``__main__`` is not the driver's as it is
+    now (an exec'd fork server, or one forked before this run), so whatever
+    refers to ``__main__`` goes by value.
 
     Returns (how many items, their pickle, the error of the item after them or None).
     """
     try:
-        return len(items), dumps(items, by_value), None
+        return len(items), dumps(items, other_main=other_main), None
     except Exception:
         pass
     for k, item in enumerate(items):
         try:
-            dumps(item, by_value)
+            dumps(item, other_main=other_main)
         except Exception as exc:
             what = f"item {first_index + k}"
             error = NotPicklable(describe_pickling_error(what, item, exc))
-            return k, dumps(items[:k], by_value) if k else b"", error
-    return 1, dumps(items[:1], by_value), None  # each pickles alone: send them one by one
+            return k, dumps(items[:k], other_main=other_main) if k else b"", error
+    return 1, dumps(items[:1], other_main=other_main), None  # each pickles alone: one by one
 
 
 def load_result(
     body: bytearray,
-) -> tuple[list[Any], dict[int, BaseException] | None, float, float | None]:
+) -> tuple[list[Any], dict[int, BaseException] | None, float, float | None, bool]:
     """A BATCH_DONE / ITEM_DONE body: values, failed positions' exceptions,
-    wall and CPU seconds.
+    wall and CPU seconds, whether the worker stopped early.
 
     Raises:
         Exception: the body does not unpickle here (a value's class the driver
             cannot import); the engine re-runs the items to find which.
     """
-    values, errors, seconds, cpu = loads(body)
-    return values, errors, seconds, cpu
+    values, errors, seconds, cpu, stopped = loads(body)
+    return values, errors, seconds, cpu, stopped
 
 
 def load_error(body: bytearray) -> BaseException:
@@ -180,6 +216,50 @@ def load_error(body: bytearray) -> BaseException:
             f"{type(exc).__name__}: {exc}"
         )
     return error
+
+
+# ------------------------------------------------------------------ stop flag
+class StopFlag:
+    """The number of the job (run) that stopped, in memory shared by the
+    driver and every worker of a pool (0: none).
+
+    The driver creates it (a memfd, else an unlinked temporary file) before
+    the fork server starts; the fork server and the workers inherit the fd
+    (an exec'd fork server gets it with ``pass_fds``) and map it. Runs use a
+    pool one at a time, so one word serves them all. It holds a job's
+    number, not a yes/no, because a worker may set it a moment after its
+    run ended: the next run must not read that as its own stop. An aligned
+    8-byte word is written and read whole: no lock is needed.
+    """
+
+    __slots__ = ("_map", "_word", "fd")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._map = mmap.mmap(fd, STOP_WORD, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self._word = memoryview(self._map).cast("Q")
+
+    @classmethod
+    def create(cls) -> StopFlag:
+        if hasattr(os, "memfd_create"):
+            fd = os.memfd_create("shoal-stop-flag")
+        else:  # pragma: no cover - not Linux
+            import tempfile
+
+            fd = os.dup(tempfile.TemporaryFile().fileno())
+        os.ftruncate(fd, mmap.PAGESIZE)
+        return cls(fd)
+
+    def stop(self, job: int) -> None:
+        self._word[0] = job
+
+    def stopped(self, job: int) -> bool:
+        return self._word[0] == job
+
+    def close(self) -> None:
+        self._word.release()
+        self._map.close()
+        os.close(self.fd)
 
 
 # ---------------------------------------------------------------- claim pipe
@@ -435,3 +515,10 @@ class ControlReader:
         self._buf.clear()
         fds, self._fds = self._fds, []
         return op, a, b, fds
+
+    def discard(self) -> None:
+        """Close the fds of a record never completed (the pool is closing)."""
+        for fd in self._fds:
+            os.close(fd)
+        self._fds.clear()
+        self._buf.clear()
