@@ -38,8 +38,8 @@ import itertools
 import threading
 import weakref
 from collections import deque
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypedDict, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypedDict, TypeVar, overload
 
 from shoal._core.calling import run_awaitable
 from shoal._core.consumer import asegments, segments
@@ -450,15 +450,21 @@ class Executor(concurrent.futures.Executor):
         # Garbage-collected without shutdown: its calls still complete, then the run ends.
         weakref.finalize(self, calls.finish, False).atexit = False
 
+    @overload
+    def submit(self, fn: Callable[P, Coroutine[Any, Any, T]], /, *args: P.args,
+               **kwargs: P.kwargs) -> concurrent.futures.Future[T]: ...
+    @overload
     def submit(self, fn: Callable[P, T], /, *args: P.args,
-               **kwargs: P.kwargs) -> concurrent.futures.Future[T]:
+               **kwargs: P.kwargs) -> concurrent.futures.Future[T]: ...
+    def submit(self, fn: Callable[P, Any], /, *args: P.args,
+               **kwargs: P.kwargs) -> concurrent.futures.Future[Any]:
         """Run ``fn(*args, **kwargs)`` on a worker; its ``Future`` holds the result.
 
         Raises:
             RuntimeError: after ``shutdown``.
             BrokenExecutor: the executor's run broke (its initializer failed).
         """
-        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self._calls.put(future, (fn, args, kwargs))
         return future
 
