@@ -34,7 +34,7 @@ run: $(RUN_STAMP)
 # the whole suite: lint, types, tests
 test: $(DEV_STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks examples
-	$(VENV)/bin/mypy src tests/typing_*.py
+	$(VENV)/bin/mypy src tests
 	$(VENV)/bin/pytest
 
 bench: $(DEV_STAMP)

@@ -8,13 +8,16 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 import pytest
 
 import shoal
 import workfns
+
+if TYPE_CHECKING:
+    from shoal._core.signatures import BackendName
 
 
 @pytest.mark.parametrize(
@@ -41,16 +44,16 @@ def test_bad_options_name_the_problem(kwargs: dict[str, Any], match: str) -> Non
 
 def test_non_iterable_items_are_refused() -> None:
     with pytest.raises(shoal.InvalidItemsError, match="items must be iterable, got int"):
-        shoal.map(workfns.square, 42)  # type: ignore[arg-type]
+        shoal.map(workfns.square, 42)  # type: ignore[call-overload]
     with pytest.raises(shoal.InvalidItemsError, match="each character"):
-        shoal.run(workfns.square, "abc")
+        shoal.run(workfns.square, "abc")  # type: ignore[arg-type]
     with pytest.raises(TypeError):  # InvalidItemsError is a TypeError too
-        shoal.run(workfns.square, None)  # type: ignore[arg-type]
+        shoal.run(workfns.square, None)  # type: ignore[call-overload]
 
 
 def test_not_callable_fn_is_refused() -> None:
     with pytest.raises(shoal.InvalidOptionError, match="fn must be callable"):
-        shoal.map(3, [1])  # type: ignore[arg-type]
+        shoal.map(3, [1])  # type: ignore[call-overload]
 
 
 def test_timeout_with_big_chunks_is_refused_on_threads() -> None:
@@ -67,7 +70,7 @@ class Scaler:
 
 
 @pytest.mark.parametrize("backend", ["sequential", "threads", "asyncio"])
-def test_any_callable_kind(backend: str) -> None:
+def test_any_callable_kind(backend: BackendName) -> None:
     k = 3
     assert shoal.map(lambda x: x + 1, [1, 2], backend=backend) == [2, 3]
     assert shoal.map(lambda x: x * k, [1, 2], backend=backend) == [3, 6]
@@ -75,7 +78,7 @@ def test_any_callable_kind(backend: str) -> None:
 
 
 @pytest.mark.parametrize("backend", ["sequential", "threads"])
-def test_ctrl_c_stops_and_keeps_finished_results(backend: str) -> None:
+def test_ctrl_c_stops_and_keeps_finished_results(backend: BackendName) -> None:
     def fn(x: int) -> int:
         if x == 5:
             _thread.interrupt_main()  # as if the user pressed Ctrl-C now
@@ -208,7 +211,7 @@ def test_import_is_light() -> None:
 
 @pytest.mark.parametrize("backend", ["sequential", "threads", "asyncio", "processes"])
 def test_ctrl_c_while_the_backend_starts_still_shuts_it_down(
-    monkeypatch: Any, backend: str
+    monkeypatch: Any, backend: BackendName
 ) -> None:
     from shoal._backends import backend_class
 
@@ -297,8 +300,9 @@ def test_a_report_makes_item_results_only_when_they_are_read() -> None:
 
 
 def test_errors_by_type_names_the_type_a_remote_error_stands_for() -> None:
-    results = [shoal.ItemResult(0, "x", False, None, shoal.RemoteError("mod.ParseError", "bad")),
-               shoal.ItemResult(1, "y", False, None, ValueError("v"))]
+    results: list[shoal.ItemResult[Any]] = [
+        shoal.ItemResult(0, "x", False, None, shoal.RemoteError("mod.ParseError", "bad")),
+        shoal.ItemResult(1, "y", False, None, ValueError("v"))]
     report: shoal.BatchReport[Any] = shoal.BatchReport(results, "threads", "", 1, 0.1)
     assert report.errors_by_type == {"ParseError": 1, "ValueError": 1}
 

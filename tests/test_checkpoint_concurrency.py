@@ -24,6 +24,7 @@ from shoal._core.errors import CheckpointInUse
 from shoal._core.results import ItemResult
 from shoal._sinks.checkpoint import open_checkpoint
 from shoal._sinks.checkpoint import store as _store
+from shoal._sinks.checkpoint.format import INSERT_ROW
 
 JOB = '''
 def job(x):
@@ -257,14 +258,13 @@ def test_a_failed_timed_commit_is_retried_and_raised_if_it_persists(
     store = open_checkpoint(path, job, batch_size=1000, commit_interval=0.5)
     try:
         store.record([_ok(0)])
-        insert = _store.INSERT_ROW
         monkeypatch.setattr(_store, "INSERT_ROW", "INSERT INTO nowhere VALUES (?)")
         clock[0] += 1
         _poke_and_wait(store, lambda s: s._timer_error is not None)
         with pytest.raises(sqlite3.OperationalError, match="nowhere"):
             store.record([_ok(1)])  # the caller hears of it: the retry failed too
         assert _committed(path) == 0
-        monkeypatch.setattr(_store, "INSERT_ROW", insert)
+        monkeypatch.setattr(_store, "INSERT_ROW", INSERT_ROW)
         store.record([_ok(2)])  # the retry works: what the failures kept is written
         assert _committed(path) >= 2 and store._timer_error is None
     finally:

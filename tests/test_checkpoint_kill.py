@@ -207,9 +207,11 @@ def _kill_and_resume_at_random_moments(job: Job, seed: str, rounds: int) -> None
         for _ in range(rng.choice([1, 2])):
             # Kill once a random number of items has started (0: during start-up).
             started = rng.randrange(0, N)
-            killed_at = job.kill_when(
-                lambda log, k=started: sum(1 for x in log if x.kind == "start") >= k,
-                rng.uniform(0, 0.05))
+
+            def ready(log: list[Line], k: int = started) -> bool:
+                return sum(1 for x in log if x.kind == "start") >= k
+
+            killed_at = job.kill_when(ready, rng.uniform(0, 0.05))
             committed = job.committed()
             assert all(v == {"x": i, "sq": i * i} for i, v in committed.items())
             if killed_at is not None:

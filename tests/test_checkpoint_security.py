@@ -169,7 +169,7 @@ def test_trust_pickles_loads_the_row_and_so_runs_its_code(tmp_path: Path) -> Non
     with open_checkpoint(path, _double, trust_pickles=True) as store:
         assert store.trust_pickles
         r = store.restore(0, 0)
-    assert r is not None and r.restored
+    assert r is not None and r.restored and r.value is not None
     r.value.close()  # what the pickle built: an open file
     assert marker.exists()
 

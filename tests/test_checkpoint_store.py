@@ -28,6 +28,7 @@ from shoal._core.results import ItemResult
 from shoal._sinks.base import ResultStore
 from shoal._sinks.checkpoint import CheckpointStore, open_checkpoint, summarize
 from shoal._sinks.checkpoint import store as _store
+from shoal._sinks.checkpoint.format import item_fingerprint
 
 # -- module-level helpers (module level so they pickle by reference) ----------
 
@@ -177,7 +178,7 @@ def test_unloadable_stored_value_reruns_the_item(tmp_path: Path) -> None:
     path = tmp_path / "run.db"
     with open_checkpoint(path, _double) as store:
         store.record([_ok(0, Point(1, 2))])
-        fingerprint = _store.item_fingerprint(0)
+        fingerprint = item_fingerprint(0)
         tag = store._signer.tag(0, fingerprint, b"not a pickle")
     conn = sqlite3.connect(path)
     with conn:

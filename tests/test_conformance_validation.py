@@ -11,7 +11,7 @@ import random
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
@@ -20,6 +20,9 @@ import conformance_kit as kit
 import shoal
 from shoal import InvalidOptionError, RateLimit, RetryPolicy
 from shoal._core.validators import MAX_SECONDS
+
+if TYPE_CHECKING:
+    from shoal._core.signatures import BackendName
 
 NAN, INF = float("nan"), float("inf")
 HUGE = 10**400  # more than a float holds
@@ -151,7 +154,7 @@ def test_a_bad_value_is_refused_before_any_item_runs(
 
 
 @pytest.mark.parametrize("backend", ["sequential", "threads", "asyncio", "processes"])
-def test_address_needs_the_dask_backend(backend: str, folder: Path) -> None:
+def test_address_needs_the_dask_backend(backend: BackendName, folder: Path) -> None:
     job = kit.job_for(backend, folder)
     _refused_before_any_item(
         folder, lambda: shoal.run(job, range(3), backend=backend, address="tcp://127.0.0.1:1"),
@@ -160,7 +163,7 @@ def test_address_needs_the_dask_backend(backend: str, folder: Path) -> None:
 
 
 @pytest.mark.parametrize("backend", ["sequential", "threads", "asyncio", "processes", "auto"])
-def test_backend_options_need_the_dask_backend(backend: str, folder: Path) -> None:
+def test_backend_options_need_the_dask_backend(backend: BackendName, folder: Path) -> None:
     job = kit.job_for(backend, folder)
     _refused_before_any_item(
         folder, lambda: shoal.run(job, range(3), backend=backend,
@@ -264,7 +267,7 @@ def test_valid_values_are_stored_as_plain_numbers() -> None:
 
 
 @pytest.mark.parametrize("backend", ["sequential", "threads", "asyncio", "auto"])
-def test_the_largest_counts_run(backend: str, folder: Path) -> None:
+def test_the_largest_counts_run(backend: BackendName, folder: Path) -> None:
     """sys.maxsize is the bound of every count: at it, a run still works
     (workers start as work needs them; nothing is sized by the bound)."""
     job = kit.job_for(backend, folder)
@@ -275,7 +278,7 @@ def test_the_largest_counts_run(backend: str, folder: Path) -> None:
 
 
 @pytest.mark.parametrize("backend", ["sequential", "threads", "asyncio"])
-def test_the_longest_timeout_and_delays_run(backend: str, folder: Path) -> None:
+def test_the_longest_timeout_and_delays_run(backend: BackendName, folder: Path) -> None:
     job = kit.job_for(backend, folder, flaky={1})
     longest = MAX_SECONDS
     policy = RetryPolicy(1, backoff=0, max_delay=longest, jitter=random.random())

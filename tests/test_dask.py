@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 import pytest
@@ -40,6 +40,9 @@ from shoal._core.errors import (
 )
 from shoal._core.options import Options
 from shoal._policies.chunking import ChunkPolicy
+
+if TYPE_CHECKING:
+    from shoal._core.signatures import BackendName
 
 # Dask workers cannot import the tests folder: send this module's functions by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -200,7 +203,7 @@ def raise_locked_on_1(x: int) -> int:
 
 @pytest.mark.parametrize("backend", ["processes", "dask"])
 def test_an_exception_that_cannot_be_pickled_arrives_as_remote_error(
-    backend: str, cluster: Any,
+    backend: BackendName, cluster: Any,
 ) -> None:
     address = {"address": cluster.scheduler_address} if backend == "dask" else {}
     report = shoal.run(raise_locked_on_1, range(3), backend=backend, workers=2, **address)

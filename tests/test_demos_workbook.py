@@ -29,7 +29,8 @@ SECTIONS = ("Data Summary:", "Performance Results:", "Throughput:", "Correctness
             "Conclusion:")
 
 
-def node_names(start: BaseNode) -> list[str]:
+def node_names(start: BaseNode | None) -> list[str]:
+    assert start is not None, "the graph has no start node"
     names, node = [], start
     while True:
         names.append(type(node).__name__)

@@ -152,7 +152,7 @@ def test_progress_callback_sees_every_item(backend_opts: dict[str, Any]) -> None
 
 
 def test_amap_and_aimap_from_a_running_loop(backend_opts: dict[str, Any]) -> None:
-    async def main() -> tuple[list[int], list[int]]:
+    async def main() -> tuple[list[int], list[int | None]]:
         values = await shoal.amap(workfns.asquare, range(10), **backend_opts)
         seen = [r.value async for r in shoal.aimap(workfns.square, range(10), **backend_opts)]
         return values, seen

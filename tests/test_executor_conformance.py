@@ -19,7 +19,7 @@ import textwrap
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -91,9 +91,9 @@ def test_submit_keywords(executor: shoal.Executor) -> None:
     assert executor.submit(workfns.capture, 1, self=2, fn=3).result() == \
         ((1,), {"self": 2, "fn": 3})
     with pytest.raises(TypeError):
-        executor.submit(fn=workfns.capture, arg=1)  # type: ignore[call-arg]
+        executor.submit(fn=workfns.capture, arg=1)  # type: ignore[call-overload]
     with pytest.raises(TypeError):
-        executor.submit(arg=1)  # type: ignore[call-arg]
+        executor.submit(arg=1)  # type: ignore[call-overload]
 
 
 def test_map(executor: shoal.Executor) -> None:
@@ -114,7 +114,7 @@ def test_map_timeout(make: Make, backend: str) -> None:
     # On processes a tiny call may share its chunk (and its report) with the
     # slow one: chunk_size=1 reports each call alone (docs/executor.md).
     executor = make(2, chunk_size=1) if backend == "processes" else make(2)
-    results = []
+    results: list[None] = []
     with pytest.raises(cf.TimeoutError):
         for r in executor.map(time.sleep, [0, 0, 1.5], timeout=0.5):
             results.append(r)
@@ -213,6 +213,7 @@ def test_map_timeout_cancels_the_calls_not_started(make: Make, backend: str) -> 
     ex = make(1)
     first = ex.submit(log_n_wait, "first")
     gen = ex.map(log_n_wait, ["second", "third"], timeout=0)
+    assert isinstance(gen, Generator)  # typed as an Iterator; it has close()
     try:
         with pytest.raises(TimeoutError):
             next(gen)
@@ -251,7 +252,8 @@ def test_wait_first_exception(make: Make) -> None:
     f1 = ex.submit(workfns.mul, 2, 21)
     f2 = ex.submit(workfns.sleep_and_raise, 0.3)
     f3 = ex.submit(time.sleep, 2)
-    done, not_done = cf.wait([f1, f2, f3], return_when=cf.FIRST_EXCEPTION)
+    fs: list[cf.Future[Any]] = [f1, f2, f3]
+    done, not_done = cf.wait(fs, return_when=cf.FIRST_EXCEPTION)
     assert done == {f1, f2} and not_done == {f3}
 
 
@@ -332,7 +334,12 @@ def test_done_callback_with_result(executor: shoal.Executor) -> None:
     got: list[Any] = []
     called = threading.Event()
     f = executor.submit(pow, 2, 5)
-    f.add_done_callback(lambda fut: (got.append(fut.result()), called.set()))
+
+    def on_done(fut: cf.Future[int]) -> None:
+        got.append(fut.result())
+        called.set()
+
+    f.add_done_callback(on_done)
     assert called.wait(30) and got == [32]
 
 
@@ -340,7 +347,12 @@ def test_done_callback_with_exception(executor: shoal.Executor) -> None:
     got: list[Any] = []
     called = threading.Event()
     f = executor.submit(divmod, 1, 0)
-    f.add_done_callback(lambda fut: (got.append(type(fut.exception())), called.set()))
+
+    def on_done(fut: cf.Future[tuple[int, int]]) -> None:
+        got.append(type(fut.exception()))
+        called.set()
+
+    f.add_done_callback(on_done)
     assert called.wait(30) and got == [ZeroDivisionError]
 
 
@@ -369,6 +381,7 @@ def test_a_raising_callback_is_logged_and_the_next_still_runs(
 
 def test_cancel_a_queued_call(make: Make, backend: str) -> None:
     ex = make(1)
+    running: cf.Future[Any]
     if backend == "threads":
         release = threading.Event()
         running = ex.submit(release.wait, 30)

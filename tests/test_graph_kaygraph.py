@@ -229,15 +229,17 @@ class Doubler(BatchNode, MetricsNode):
     """The workbook's SequentialProcessNode pattern: collect_metrics by keyword."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(collect_metrics=True, *args, **kwargs)  # noqa: B026
+        # the workbook's own line, kept as written: mypy (like B026) objects that
+        # a positional argument in *args would also fill collect_metrics
+        super().__init__(collect_metrics=True, *args, **kwargs)  # type: ignore[misc]  # noqa: B026
 
     def prep(self, shared: dict[str, Any]) -> list[int]:
         return list(shared["items"])
 
-    def exec(self, item: int) -> int:
-        if item < 0:
-            raise ValueError(f"negative {item}")
-        return 2 * item
+    def exec(self, prep_res: int) -> int:  # named as Node.exec's: ParallelDoubler reuses it
+        if prep_res < 0:
+            raise ValueError(f"negative {prep_res}")
+        return 2 * prep_res
 
     def post(self, shared: dict[str, Any], prep_res: Any, exec_res: list[int]) -> None:
         shared["out"] = exec_res

@@ -23,6 +23,7 @@ import pytest
 import shoal
 import workfns
 from shoal._backends import warm_class
+from shoal._core.pool import _LeasedIterator
 
 
 @pytest.fixture
@@ -100,7 +101,7 @@ def test_worker_options_are_refused_per_call(name: str) -> None:
     with shoal.Pool(backend="threads", workers=2) as pool:
         with pytest.raises(shoal.InvalidOptionError,
                            match=f"{name} belongs to the pool's workers.*shoal.Pool"):
-            pool.map(workfns.square, [1], **{name: None})
+            pool.map(workfns.square, [1], **{name: None})  # type: ignore[call-overload]
 
 
 def test_backend_per_call_only_on_an_auto_pool(no_new_threads: None) -> None:
@@ -161,6 +162,7 @@ def _sets_of(report: shoal.BatchReport[Any]) -> set[str]:
 def test_overlapping_calls_each_get_workers(no_new_threads: None) -> None:
     with shoal.Pool(backend="threads", workers=2) as pool:
         it = pool.imap(workfns.square, range(100))
+        assert isinstance(it, _LeasedIterator)  # typed as an Iterator; it has close()
         first = next(it)
         assert first.value == 0  # the first call still holds its workers
         (one,) = {first.worker.rsplit("-", 1)[0]}

@@ -140,7 +140,7 @@ def test_the_initializer_runs_once_per_worker_not_once_per_run(tmp_path: Path) -
     opts = Options.from_kwargs("collect_errors", {"initializer": log_pid, "initargs": (str(log),)})
     workers = ProcessWorkers(opts, 2)
     try:
-        pids: set[int] = set()
+        pids: set[int | None] = set()  # a failed item's value is None: never an init's pid
         for _ in range(3):
             pids |= set(run_on(workers, pid_of, range(20)).values)
         inits = [int(x) for x in log.read_text().split()]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 import pytest
@@ -12,6 +12,9 @@ import pytest
 import shoal
 import workfns
 from shoal._core.arguments import ASpread, Spread, spread
+
+if TYPE_CHECKING:
+    from shoal._core.signatures import BackendName
 
 
 def test_starmap_on_every_backend(backend_opts: dict[str, Any]) -> None:
@@ -25,7 +28,7 @@ def test_async_starmap_on_every_backend(backend_opts: dict[str, Any]) -> None:
 
 def test_map_of_a_two_argument_function_still_needs_starmap() -> None:
     with pytest.raises(TypeError, match="missing 1 required positional argument"):
-        shoal.map(workfns.add, [(1, 2)], backend="sequential")  # type: ignore[arg-type]
+        shoal.map(workfns.add, [(1, 2)], backend="sequential")  # type: ignore[call-overload]
     assert shoal.starmap(workfns.add, [(1, 2)], backend="sequential") == [3]
 
 
@@ -46,7 +49,7 @@ def test_the_item_of_a_result_is_the_tuple() -> None:
 
 
 @pytest.mark.parametrize("backend", ["sequential", "threads", "asyncio"])
-def test_lambdas_and_closures(backend: str) -> None:
+def test_lambdas_and_closures(backend: BackendName) -> None:
     k = 3
     assert shoal.starmap(lambda a, b: (a + b) * k, [(1, 1)], backend=backend) == [6]
 

@@ -96,7 +96,8 @@ def test_every_option_is_a_keyword_parameter_with_its_default(fn: Any) -> None:
 
 
 def test_help_shows_every_option_with_its_meaning() -> None:
-    text = pydoc.render_doc(shoal.map, renderer=pydoc.plaintext)
+    # pydoc.plaintext (text without bold) is in pydoc, not in typeshed's pydoc.pyi
+    text = pydoc.render_doc(shoal.map, renderer=pydoc.plaintext)  # type: ignore[attr-defined]
     for name in OPTIONS:
         assert f"{name}:" in text, name
     assert "backend='auto'" in text and "chunk_size='auto'" in text
