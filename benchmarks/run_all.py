@@ -20,6 +20,7 @@ SCRIPTS = {
     "bench_dask.py": ["--quick"],
     "bench_checkpoint.py": ["--items", "500", "--repeat", "1"],
     "bench_pool.py": ["--quick"],
+    "bench_report.py": ["--items", "100000"],
 }
 
 

@@ -25,7 +25,7 @@ import psutil
 import pytest
 
 import shoal
-from shoal._backends._processes.forkserver import describe_exit, fork_is_safe
+from shoal._backends._processes.forkserver import fork_is_safe
 from shoal._backends._processes.protocol import (
     Claims,
     StopFlag,
@@ -34,6 +34,7 @@ from shoal._backends._processes.protocol import (
     take_ticket,
 )
 from shoal._backends._processes.worker import run_stoppable
+from shoal._core.errors import describe_exit
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX only")
 

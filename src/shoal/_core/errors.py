@@ -33,6 +33,7 @@ else::
 
 from __future__ import annotations
 
+import signal
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -98,6 +99,17 @@ class WorkerCrashed(ShoalError, RuntimeError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (str(self), self.exitcode))
+
+
+def describe_exit(code: int) -> str:
+    """'exited with code 3' or 'died with signal SIGKILL (-9)'."""
+    if code >= 0:
+        return f"exited with code {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    return f"died with signal {name} ({code})"
 
 
 class NotPicklable(ShoalError, TypeError):

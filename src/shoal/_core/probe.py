@@ -18,6 +18,7 @@ results are kept.
 from __future__ import annotations
 
 import importlib.util
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -123,7 +124,8 @@ def _candidates(opts: Options) -> list[str]:
     for name in ("sequential", "threads", "processes"):
         if name == "sequential" and opts.timeout is not None:
             continue  # nothing could stop a hung item
-        if name == "processes" and (cpu_count() < 2 or importlib.util.find_spec(
+        if name == "processes" and (cpu_count() < 2 or not hasattr(os, "fork")
+                                    or importlib.util.find_spec(
                 "shoal._backends._processes.pool") is None):
             continue
         try:

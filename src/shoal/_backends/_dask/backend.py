@@ -69,7 +69,7 @@ from shoal._backends._dask.client import (
 )
 from shoal._backends._dask.collector import Collector, Unfetchable
 from shoal._backends._dask.inflight import InFlight, Isolated, Part, Record
-from shoal._backends._dask.quarantine import IsolatedReply, describe_exit, run_isolated
+from shoal._backends._dask.quarantine import IsolatedReply, run_isolated
 from shoal._backends._dask.settings import (
     PROBE_SECONDS,
     TRAITS,
@@ -87,6 +87,7 @@ from shoal._core.errors import (
     NotPicklable,
     ShoalError,
     WorkerCrashed,
+    describe_exit,
 )
 from shoal._core.options import Options
 from shoal._core.wire import _rebuild as attach_remote_traceback  # one way to attach it

@@ -464,12 +464,3 @@ class ForkServerHandle:
                 pass
 
 
-def describe_exit(code: int) -> str:
-    """'exited with code 3' or 'died with signal SIGKILL (-9)'."""
-    if code >= 0:
-        return f"exited with code {code}"
-    try:
-        name = signal.Signals(-code).name
-    except ValueError:
-        name = f"signal {-code}"
-    return f"died with signal {name} ({code})"

@@ -18,7 +18,6 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from shoal._backends._processes.forkserver import describe_exit
 from shoal._backends._processes.protocol import (
     BATCH_DONE,
     FATAL,
@@ -42,7 +41,7 @@ from shoal._backends._processes.protocol import (
 from shoal._backends._processes.state import PoolState, Sent, Worker
 from shoal._core.calling import Outcome
 from shoal._core.engine import Wait, Work
-from shoal._core.errors import BrokenBackend, NotPicklable, WorkerCrashed, add_note
+from shoal._core.errors import BrokenBackend, NotPicklable, WorkerCrashed, add_note, describe_exit
 
 if TYPE_CHECKING:
     from collections.abc import Callable
