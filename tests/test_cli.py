@@ -567,3 +567,11 @@ def test_demo_folder_is_git_ignored() -> None:
         pytest.skip("not a git checkout")
     for path in ("shoal-demo/output.jsonl", "shoal-demo/checkpoint.db"):
         assert subprocess.run(["git", "check-ignore", "-q", path], cwd=repo).returncode == 0
+
+
+def test_the_summary_names_the_backend_auto_chose(tmp_path: Path) -> None:
+    """The summary's observer heard "auto" at the start; it is told the choice."""
+    done = shoal(tmp_path, "run", "--no-progress")
+    assert done.returncode == 0, done.stderr
+    assert "backend: sequential x1" in done.stdout  # tiny items: inline
+    assert "backend: auto" not in done.stdout

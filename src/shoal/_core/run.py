@@ -175,6 +175,7 @@ class Run:
             old.workers = workers  # planned for; resize() below starts them
             self._replan(old)
             old.resize(workers)
+            self._announce()
             return None
         try:
             self.backend = self._make_backend(name)
@@ -183,7 +184,17 @@ class Run:
         except Exception as exc:  # e.g. NotPicklable: CPU-bound, but cannot cross to a process
             self.reason += f"; but {exc}, so threads"
             self.backend = self._make_backend("threads")
+        self._announce()
         return old
+
+    def _announce(self) -> None:
+        """Tell the observers that can hear it (``on_backend``) which backend
+        auto chose: ``on_start`` saw "auto" and the probe's one worker."""
+        info = RunInfo(self.total, self.backend_name, self.backend.workers)
+        for obs in self.observers:
+            on_backend = getattr(obs, "on_backend", None)
+            if on_backend is not None:
+                on_backend(info)
 
     def end_probe(self) -> None:
         """The run ended during the auto probe: its backend ran everything."""
@@ -191,6 +202,7 @@ class Run:
         _, why = self.probe.decide(self.engine)
         self.probe = None
         self.reason = f"{why} (ran on the probe's {self.backend.name} worker)"
+        self._announce()
 
     def switch(self) -> None:
         """Start the backend ``choose`` planned, once the previous one has stopped."""

@@ -39,6 +39,9 @@ class RunObserver(Protocol):
     def on_finish(self, report: BatchReport[Any] | None) -> None:
         """The run ended; ``report`` is None when no report was built (imap)."""
 
+    # Optional: ``on_backend(info: RunInfo) -> None``, told which backend
+    # ``backend="auto"`` chose once its probe is over (``on_start`` saw "auto").
+
 
 @runtime_checkable
 class ResultStore(Protocol):

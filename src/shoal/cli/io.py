@@ -37,7 +37,13 @@ from typing import IO, Any, TextIO
 
 from shoal._core.calling import is_async_callable
 from shoal._core.errors import ShoalError
-from shoal._core.results import BatchReport, ItemResult, format_seconds, format_throughput
+from shoal._core.results import (
+    BatchReport,
+    ItemResult,
+    error_type_name,
+    format_seconds,
+    format_throughput,
+)
 from shoal._sinks.base import RunInfo, RunObserver
 from shoal._sinks.progress import ProgressEvent
 
@@ -404,12 +410,15 @@ class Tally:
         if self.display is not None:
             self.display.on_start(info)
 
+    def on_backend(self, info: RunInfo) -> None:
+        self.info = info  # the backend auto chose, for the summary
+
     def on_results(self, results: Sequence[ItemResult[Any]]) -> None:
         for r in results:
             self.done += 1
             self.restored += r.restored
             if not r.ok:
-                self._count_failure(type(r.error).__name__)
+                self._count_failure(error_type_name(r.error))
                 if self._kept is not None:
                     self._kept.append(r)
         if self.display is not None:
