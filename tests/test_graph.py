@@ -490,3 +490,34 @@ def test_wiring_errors() -> None:
     with pytest.raises(InvalidGraphError, match="an action must be a string"):
         Node().next(Node(), 3)  # type: ignore[arg-type]
     assert issubclass(InvalidGraphError, shoal.ShoalError)
+
+
+def test_batch_nodes_of_one_graph_run_share_their_workers() -> None:
+    """Two ParallelBatchNode(2) of one graph run use one pool: the second
+    node's items run on the first node's threads; none is left afterwards."""
+    import threading
+
+    class Names(ParallelBatchNode):
+        def prep(self, shared: Any) -> Any:
+            return range(8)
+
+        def exec(self, item: int) -> str:
+            return threading.current_thread().name
+
+        def post(self, shared: Any, prep_res: Any, exec_res: Any) -> Any:
+            shared.setdefault("names", []).append(set(exec_res))
+            return None
+
+    first, second = Names(2), Names(2)
+    first >> second
+    before = set(threading.enumerate())
+    shared: dict[str, Any] = {}
+    Graph(start=first).run(shared)
+    one, two = shared["names"]
+    # Threads are named shoal-<pool>-<n>: one pool served both nodes (without
+    # it, each node's call made its own: shoal-1-*, then shoal-2-*).
+    assert len({name.rsplit("-", 1)[0] for name in one | two}) == 1
+    leftover = [t for t in set(threading.enumerate()) - before if t.name.startswith("shoal")]
+    for t in leftover:
+        t.join(5)
+    assert not any(t.is_alive() for t in leftover)

@@ -15,7 +15,8 @@ import logging
 import time
 import warnings
 from collections.abc import AsyncIterator, Iterable, Iterator
-from contextlib import aclosing
+from contextlib import aclosing, contextmanager
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 import shoal
@@ -206,7 +207,7 @@ class Node(BaseNode):
     def _settle(self, items: Iterable[Any]) -> list[Any]:
         """Run ``exec`` on every item through the engine; failures go to the fallback."""
         values: list[Any] = []
-        results = shoal.imap(self.exec, items, **self.engine_options())
+        results = _imap(self.exec, items, self.engine_options())
         try:
             for r in results:
                 self._observe_result(r)
@@ -416,6 +417,45 @@ def _error(result: ItemResult[Any]) -> BaseException:
     # A failed result always carries its exception; the engine guarantees it.
     assert result.error is not None
     return result.error
+
+
+# The pools of the graph run going on in this context (see ``graph_pools``):
+# its batch nodes' calls share workers, keyed by the workers' own options.
+_POOLS: ContextVar[dict[tuple[Any, ...], shoal.Pool] | None] = ContextVar(
+    "shoal_graph_pools", default=None)
+_POOL_KEYS = ("backend", "workers")
+
+
+@contextmanager
+def graph_pools() -> Iterator[None]:
+    """Within a graph run, nodes that run on the same backend with the same
+    workers share one ``shoal.Pool``: workers start once per graph run, not
+    once per node (KayGraph starts a ThreadPoolExecutor per node). The
+    outermost graph run closes them; a nested graph run uses its parent's."""
+    if _POOLS.get() is not None:
+        yield
+        return
+    pools: dict[tuple[Any, ...], shoal.Pool] = {}
+    token = _POOLS.set(pools)
+    try:
+        yield
+    finally:
+        _POOLS.reset(token)
+        for pool in pools.values():
+            pool.close()
+
+
+def _imap(fn: Any, items: Iterable[Any], options: dict[str, Any]) -> Iterator[ItemResult[Any]]:
+    """``shoal.imap``, on the graph run's pool for these workers when there is one."""
+    pools = _POOLS.get()
+    if pools is None:
+        return shoal.imap(fn, items, **options)
+    own = {k: options.pop(k) for k in _POOL_KEYS if k in options}
+    key = tuple(own.get(k) for k in _POOL_KEYS)
+    pool = pools.get(key)
+    if pool is None:
+        pool = pools[key] = shoal.Pool(**own)
+    return pool.imap(fn, items, **options)
 
 
 def _close(results: Iterator[Any]) -> None:

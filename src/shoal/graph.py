@@ -42,6 +42,7 @@ from shoal._graph_nodes import (
     N,
     Node,
     ParallelBatchNode,
+    graph_pools,
 )
 
 __all__ = [
@@ -141,13 +142,14 @@ class Graph(BaseNode):
         prep_res = self.prep(shared)
         steps = self._steps()
         action: str | None = None
-        try:
-            node = next(steps)
-            while True:
-                action = node._run(shared)
-                node = steps.send(action)
-        except StopIteration:
-            pass
+        with graph_pools():  # the batch nodes share workers for this run
+            try:
+                node = next(steps)
+                while True:
+                    action = node._run(shared)
+                    node = steps.send(action)
+            except StopIteration:
+                pass
         return self.post(shared, prep_res, action)
 
     async def _run_async(self, shared: Any) -> Any:
