@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict
@@ -63,15 +65,8 @@ def summarize(path: str | os.PathLike[str]) -> CheckpointSummary:
         CheckpointMismatch: the file is not a shoal checkpoint.
         CheckpointDamaged: SQLite finds the file corrupt.
     """
-    p = checked_path(path, readonly=True)
-    conn = connect(p, readonly=True)
-    try:
-        meta = read_meta(p, conn)
-        if meta is None:
-            raise CheckpointMismatch(f"{p} is not a shoal checkpoint (an empty database)")
+    with _opened(path) as (p, conn, meta):
         return summary_of(p, meta, conn)
-    finally:
-        conn.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,14 +88,26 @@ def stored_failures(path: str | os.PathLike[str]) -> list[StoredFailure]:
         CheckpointMismatch: the file is not a shoal checkpoint.
         CheckpointDamaged: SQLite finds the file corrupt.
     """
+    with _opened(path) as (p, conn, _), reading(p):
+        rows = conn.execute("SELECT idx, error_type, error_message, attempts FROM results "
+                            "WHERE ok = 0 ORDER BY idx").fetchall()
+    return [StoredFailure(int(i), _class_name(t), str(m), int(a)) for i, t, m, a in rows]
+
+
+@contextmanager
+def _opened(path: str | os.PathLike[str]) -> Iterator[tuple[Path, sqlite3.Connection,
+                                                           dict[str, str]]]:
+    """A checkpoint opened read-only, with its meta table; closed on exit.
+
+    Raises:
+        InvalidOptionError, CheckpointMismatch, CheckpointDamaged: as ``summarize``.
+    """
     p = checked_path(path, readonly=True)
     conn = connect(p, readonly=True)
     try:
-        if read_meta(p, conn) is None:
+        meta = read_meta(p, conn)
+        if meta is None:
             raise CheckpointMismatch(f"{p} is not a shoal checkpoint (an empty database)")
-        with reading(p):
-            rows = conn.execute("SELECT idx, error_type, error_message, attempts FROM results "
-                                "WHERE ok = 0 ORDER BY idx").fetchall()
-        return [StoredFailure(int(i), _class_name(t), str(m), int(a)) for i, t, m, a in rows]
+        yield p, conn, meta
     finally:
         conn.close()
