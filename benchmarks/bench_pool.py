@@ -131,7 +131,7 @@ def main(argv: list[str]) -> int:
           f"calls, of their {pools * calls} later calls, and of as many cold shoal.map calls")
     for fn, label in ((tiny, "tiny"), (sleepy, "1 ms sleep")):
         bench_warm("threads", fn, label, 4, pools, calls)
-    bench_warm("processes", tiny, "tiny", 2, pools, 2)
+    bench_warm("processes", tiny, "tiny", 2, pools, calls)
     return 0
 
 

@@ -14,9 +14,8 @@ Scenarios (the targets of the issue that introduced the backend):
    with 199 results);
 5. Ctrl-C: SIGINT to a driver script whose workers are busy (target: it exits
    within 2 s and leaves no process behind);
-6. warm: a second ``map(x * x, range(100))`` on warm workers (``ProcessWorkers``,
-   what a ``shoal.Pool`` keeps; driven here through the run's warm lookup),
-   next to joblib's warm call (loky reuses its workers) and to a cold
+6. warm: a second ``map(x * x, range(100))`` on warm workers
+   (``shoal.Pool(backend="processes")``'s ``pool.map``), next to joblib's warm call (loky reuses its workers) and to a cold
    ``shoal.map`` that starts and stops its pool (target: within 2x of joblib,
    at least 10x faster than cold). Each contender runs in a fresh interpreter
    per round: one untimed call, then the median of 30 calls.
@@ -323,33 +322,15 @@ def bench_ctrl_c() -> None:
 
 
 WARM_CALLS = 30
-WARM_CONTENDERS = ("shoal warm ProcessWorkers", "joblib warm call", "shoal.map cold")
+WARM_CONTENDERS = ("shoal.Pool warm call", "joblib warm call", "shoal.map cold")
 
 
 def warm_contender(name: str) -> Callable[[], list[Any]]:
     """A call of ``map(square, range(100))`` the way contender ``name`` makes it."""
     data = range(100)
-    if name == "shoal warm ProcessWorkers":
-        from shoal._backends._processes.pool import ProcessWorkers
-        from shoal._core.consumer import segments
-        from shoal._core.options import Options
-        from shoal._core.run import Run
-
-        pool = ProcessWorkers(Options(), WORKERS)
-        opts = {"backend": "processes", "workers": WORKERS}
-
-        def on_pool() -> list[Any]:
-            run = Run(square, data, Options.from_kwargs("all_or_nothing", opts), opts,
-                      warm=lambda kind: pool)
-            out: list[Any] = []
-            for segs in segments(run):
-                for seg in segs:
-                    out.extend(seg.values if seg.results is None else
-                               [r.value for r in seg.results])
-            run.close(None)
-            return out
-
-        return on_pool
+    if name == "shoal.Pool warm call":
+        pool = shoal.Pool(backend="processes", workers=WORKERS)  # closed at exit
+        return lambda: pool.map(square, data)
     if name == "joblib warm call":
         return lambda: joblib_map(square, data)
     return lambda: shoal.map(square, data, backend="processes", workers=WORKERS)
@@ -374,7 +355,7 @@ def bench_warm(repeats: int) -> None:
     median = {name: statistics.median(t) for name, t in times.items()}
     print(f"\n6. warm: a second map(x * x, range(100)), {WORKERS} workers, median of "
           f"{WARM_CALLS} calls x {repeats} rounds ({before}, after: {load()})")
-    warm = median["shoal warm ProcessWorkers"]
+    warm = median["shoal.Pool warm call"]
     for name, t in median.items():
         print(f"   {name:<32} {t * 1000:8.2f} ms  {t / warm:6.2f}x the warm pool's time")
     if "joblib warm call" in median:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import _thread
 import asyncio
 import gc
+import operator
 import subprocess
 import sys
 import textwrap
@@ -23,7 +24,8 @@ import pytest
 import shoal
 import workfns
 from shoal._backends import warm_class
-from shoal._core.pool import _LeasedIterator
+from shoal._core.api import make_run
+from shoal._core.pool import _Lease, _LeasedIterator
 
 
 @pytest.fixture
@@ -264,6 +266,67 @@ def test_interpreter_exit_leaves_no_thread_or_process(tmp_path: Path) -> None:
     assert pids
     assert not [p for p in pids if psutil.pid_exists(p)
                 and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+
+
+# ------------------------------------------------------------ what a pool remembers
+WARM_KINDS = ["sequential", "threads", "processes", "dask"]
+
+
+def _first_chunk(pool: shoal.Pool, fn: Any, kind: str) -> int:
+    """The chunk size a call of ``fn`` on ``pool`` would start with (the run
+    is made, not started: its backend holds no worker yet)."""
+    lease = _Lease(pool._sets)
+    try:
+        run = make_run(fn, range(10_000), "all_or_nothing", pool._options({}), warm=lease)
+        return run.engine.chunk
+    finally:
+        lease.end()
+
+
+@pytest.mark.parametrize("kind", WARM_KINDS)
+def test_a_call_remembers_what_its_function_took_per_item(
+        kind: str, request: pytest.FixtureRequest) -> None:
+    opts = _opts_for(kind, request)
+    with shoal.Pool(**opts, workers=2) as pool:
+        lease = _Lease(pool._sets)
+        warm = lease(kind)
+        lease.end()
+        assert warm is not None and warm.pace(workfns.square) is None
+        pool.map(workfns.square, range(300))
+        pace = warm.pace(workfns.square)
+        assert pace is not None and 0 < pace < 0.1
+        assert warm.pace(workfns.add) is None  # per function
+        pool.starmap(workfns.add, [(1, 2)] * 20)
+        assert warm.pace(workfns.add) is not None  # known by the function, not its wrapper
+        first = operator.itemgetter(0)  # cannot be weakly referenced: not remembered, no harm
+        assert pool.map(first, [(1,), (2,)]) == [1, 2]
+        assert warm.pace(first) is None
+
+
+@pytest.mark.parametrize("kind", ["threads", "processes"])
+def test_a_warm_call_starts_its_chunks_from_the_last_calls_pace(kind: str) -> None:
+    opts: dict[str, Any] = {"backend": kind}
+    with shoal.Pool(**opts, workers=2) as pool:
+        assert _first_chunk(pool, workfns.square, kind) == 1  # nothing known: chunks of one
+        pool.map(workfns.square, range(2000))
+        # microseconds per item: the next call hands many items at once from the first chunk
+        assert _first_chunk(pool, workfns.square, kind) > 8
+        assert _first_chunk(pool, workfns.sleep_then_return, kind) == 1  # another function
+        assert pool.map(workfns.square, range(2000)) == [x * x for x in range(2000)]
+
+
+def test_a_slow_function_keeps_small_chunks_on_a_warm_call() -> None:
+    with shoal.Pool(backend="threads", workers=2) as pool:
+        pool.map(workfns.sleep_then_return, [0.05] * 4)
+        # 50 ms an item is past the chunk target: one item at a time, as before
+        assert _first_chunk(pool, workfns.sleep_then_return, "threads") == 1
+
+
+def _opts_for(kind: str, request: pytest.FixtureRequest) -> dict[str, Any]:
+    if kind == "dask":
+        cluster = request.getfixturevalue("dask_cluster")
+        return {"backend": "dask", "address": cluster.scheduler_address}
+    return {"backend": kind}
 
 
 # ------------------------------------------------------------ every backend

@@ -15,11 +15,13 @@ code asks a backend's name.
 from __future__ import annotations
 
 import os
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from shoal._core.arguments import unwrap_spread
 from shoal._core.options import Options
 from shoal._policies.chunking import ChunkParams
 
@@ -156,6 +158,28 @@ class WarmWorkers(ABC):
 
     def __init__(self, options: Options) -> None:
         self.options = options
+        # seconds per item each function took in its last run here (see ``pace``)
+        self._paces: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+
+    def pace(self, fn: Callable[..., Any]) -> float | None:
+        """Seconds per item ``fn`` took in its last run on these workers, if known.
+
+        A run of the same function starts its chunk policy from it (as the
+        auto probe's measure seeds the chosen backend's), so a warm call of
+        tiny items hands them over in a few large chunks from the first one
+        instead of learning their size again from chunks of one.
+        """
+        try:
+            return self._paces.get(unwrap_spread(fn))
+        except TypeError:  # not weak-referenceable: nothing remembered
+            return None
+
+    def learn(self, fn: Callable[..., Any], per_item: float) -> None:
+        """Remember what one item of ``fn`` took, for its next run here."""
+        try:
+            self._paces[unwrap_spread(fn)] = per_item
+        except TypeError:
+            pass
 
     @abstractmethod
     def serve(self, fn: Callable[[Any], Any], options: Options, workers: int) -> Backend:

@@ -54,6 +54,12 @@ class ASpread(_Spread):
         return await self.fn(*args)
 
 
+def unwrap_spread(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The function a starmap wrapper calls (a wrapper is new per call, its
+    function is not); any other callable itself."""
+    return fn.fn if isinstance(fn, _Spread) else fn
+
+
 def spread(fn: Callable[..., Any]) -> Callable[[Any], Any]:
     """The one-argument function that runs ``fn`` on an argument tuple.
 

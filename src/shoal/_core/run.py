@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from shoal._backends import Backend, backend_class
-from shoal._backends._base import WarmLookup
+from shoal._backends._base import WarmLookup, WarmWorkers
 from shoal._core import planner
 from shoal._core.calling import is_async_callable
 from shoal._core.engine import Engine
@@ -68,6 +68,7 @@ class Run:
             raise InvalidOptionError(f"fn must be callable, got {fn!r}")
         self.fn = fn
         self.warm = warm  # a shoal.Pool's workers, kept between runs
+        self.warm_workers: WarmWorkers | None = None  # those serving self.backend
         self.started = time.perf_counter()
         self.started_at = time.time()
         self.settings = dict(settings or {})
@@ -109,6 +110,10 @@ class Run:
         plan = self._plan(self.backend, self.total)
         if self.probe is not None and opts.chunk_size == "auto":
             plan.chunks.fixed = plan.chunks.size = 1  # one item at a time: each one is timed
+        elif self.warm_workers is not None:
+            pace = self.warm_workers.pace(fn)  # fn's last run on these workers
+            if pace is not None:
+                plan.chunks.seed(pace)
         self.engine = Engine(source, opts, chunks=plan.chunks, window=plan.window,
                              store=self.store, total=self.total,
                              track_settled=self.store is not None or bool(self.observers))
@@ -122,7 +127,7 @@ class Run:
         # An inline backend's one worker is the caller: workers= cannot add any.
         n = 1 if cls.traits.inline else (
             workers or self.opts.workers or cls.traits.default_workers())
-        warm = self.warm(name) if self.warm is not None else None
+        warm = self.warm_workers = self.warm(name) if self.warm is not None else None
         return warm.serve(self.fn, self.opts, n) if warm is not None else cls(self.fn, self.opts, n)
 
     def _plan(self, backend: Backend, total: int | None) -> planner.Plan:
@@ -275,6 +280,9 @@ class Run:
         if self.closed:
             return
         self.closed = True
+        measured = self.engine.measured
+        if self.warm_workers is not None and self.probe is None and measured.items:
+            self.warm_workers.learn(self.fn, measured.wall / measured.items)
         try:
             self.record_settled()
             for obs in self.observers:

@@ -49,7 +49,7 @@ class DaskWorkers(WarmWorkers):
     def __init__(self, options: Options, workers: int | None = None) -> None:
         self._distributed = import_distributed()
         settings = read_backend_options(options)
-        self.options = options
+        super().__init__(options)
         self.workers = workers or options.workers or DaskBackend.traits.default_workers()
         self.initializer = options.initializer
         self.initargs = options.initargs

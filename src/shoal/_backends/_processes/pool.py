@@ -143,6 +143,7 @@ class ProcessWorkers(WarmWorkers):
             BackendUnavailable: not a POSIX system.
         """
         _needs_fork()
+        super().__init__(options)
         self.workers = workers or options.workers or cpu_count()
         self.initializer = options.initializer
         self._state = PoolState(initializer_payload(options.initializer, options.initargs))
