@@ -15,7 +15,8 @@ Scenarios (the targets of the issue that introduced the backend):
 5. Ctrl-C: SIGINT to a driver script whose workers are busy (target: it exits
    within 2 s and leaves no process behind);
 6. warm: a second ``map(x * x, range(100))`` on warm workers
-   (``shoal.Pool(backend="processes")``'s ``pool.map``), next to joblib's warm call (loky reuses its workers) and to a cold
+   (``shoal.Pool(backend="processes")``'s ``pool.map``), next to joblib's
+   warm call (loky reuses its workers) and to a cold
    ``shoal.map`` that starts and stops its pool (target: within 2x of joblib,
    at least 10x faster than cold). Each contender runs in a fresh interpreter
    per round: one untimed call, then the median of 30 calls.
