@@ -272,7 +272,7 @@ def test_interpreter_exit_leaves_no_thread_or_process(tmp_path: Path) -> None:
 WARM_KINDS = ["sequential", "threads", "processes", "dask"]
 
 
-def _first_chunk(pool: shoal.Pool, fn: Any, kind: str) -> int:
+def _first_chunk(pool: shoal.Pool, fn: Any) -> int:
     """The chunk size a call of ``fn`` on ``pool`` would start with (the run
     is made, not started: its backend holds no worker yet)."""
     lease = _Lease(pool._sets)
@@ -283,13 +283,11 @@ def _first_chunk(pool: shoal.Pool, fn: Any, kind: str) -> int:
         lease.end()
 
 
-@pytest.mark.parametrize("kind", WARM_KINDS)
-def test_a_call_remembers_what_its_function_took_per_item(
-        kind: str, request: pytest.FixtureRequest) -> None:
-    opts = _opts_for(kind, request)
-    with shoal.Pool(**opts, workers=2) as pool:
+@pytest.mark.parametrize("backend_opts", WARM_KINDS, indirect=True)
+def test_a_call_remembers_what_its_function_took_per_item(backend_opts: dict[str, Any]) -> None:
+    with shoal.Pool(**backend_opts, workers=2) as pool:
         lease = _Lease(pool._sets)
-        warm = lease(kind)
+        warm = lease(backend_opts["backend"])
         lease.end()
         assert warm is not None and warm.pace(workfns.square) is None
         pool.map(workfns.square, range(300))
@@ -307,11 +305,11 @@ def test_a_call_remembers_what_its_function_took_per_item(
 def test_a_warm_call_starts_its_chunks_from_the_last_calls_pace(kind: str) -> None:
     opts: dict[str, Any] = {"backend": kind}
     with shoal.Pool(**opts, workers=2) as pool:
-        assert _first_chunk(pool, workfns.square, kind) == 1  # nothing known: chunks of one
+        assert _first_chunk(pool, workfns.square) == 1  # nothing known: chunks of one
         pool.map(workfns.square, range(2000))
         # microseconds per item: the next call hands many items at once from the first chunk
-        assert _first_chunk(pool, workfns.square, kind) > 8
-        assert _first_chunk(pool, workfns.sleep_then_return, kind) == 1  # another function
+        assert _first_chunk(pool, workfns.square) > 8
+        assert _first_chunk(pool, workfns.sleep_then_return) == 1  # another function
         assert pool.map(workfns.square, range(2000)) == [x * x for x in range(2000)]
 
 
@@ -319,14 +317,7 @@ def test_a_slow_function_keeps_small_chunks_on_a_warm_call() -> None:
     with shoal.Pool(backend="threads", workers=2) as pool:
         pool.map(workfns.sleep_then_return, [0.05] * 4)
         # 50 ms an item is past the chunk target: one item at a time, as before
-        assert _first_chunk(pool, workfns.sleep_then_return, "threads") == 1
-
-
-def _opts_for(kind: str, request: pytest.FixtureRequest) -> dict[str, Any]:
-    if kind == "dask":
-        cluster = request.getfixturevalue("dask_cluster")
-        return {"backend": "dask", "address": cluster.scheduler_address}
-    return {"backend": kind}
+        assert _first_chunk(pool, workfns.sleep_then_return) == 1
 
 
 # ------------------------------------------------------------ every backend

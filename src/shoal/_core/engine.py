@@ -123,6 +123,11 @@ class Measured:
     cpu_items: int = 0  # items whose outcome carried a CPU time
     waited: float = 0.0  # of the wall time: ready to run, but another had the CPU
 
+    @property
+    def per_item(self) -> float | None:
+        """Seconds per successful item, once one has succeeded."""
+        return self.wall / self.items if self.items else None
+
 
 class Engine:
     """Scheduling state of one run. See the module docstring for the flow."""

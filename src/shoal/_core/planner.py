@@ -62,11 +62,14 @@ def check(opts: Options, traits: Traits) -> None:
             f"a burst of at least {chunk}")
 
 
-def plan(opts: Options, traits: Traits, total: int | None, workers: int | None = None) -> Plan:
+def plan(opts: Options, traits: Traits, total: int | None, workers: int | None = None,
+         pace: float | None = None) -> Plan:
     """The chunk policy and in-flight rule of ``traits``' backend for ``opts``.
 
     ``total``: items this backend will be handed, when known; ``workers``:
-    overrides the option (the auto probe runs on one worker).
+    overrides the option (the auto probe runs on one worker); ``pace``:
+    seconds per item already measured (by the auto probe, or by the last run
+    of the same function on a pool's workers), where chunk sizing starts.
     """
     n = workers or opts.workers or traits.default_workers()
     fixed = opts.chunk_size if opts.chunk_size != "auto" else None
@@ -78,6 +81,8 @@ def plan(opts: Options, traits: Traits, total: int | None, workers: int | None =
     else:
         params = None if fixed is None and limit == 1 else traits.chunking
         chunks = ChunkPolicy(params, workers=n, total=total, fixed=fixed, limit=limit)
+    if pace is not None:
+        chunks.seed(pace)
     return Plan(n, chunks, window_rule(opts, traits, n))
 
 

@@ -107,13 +107,12 @@ class Run:
             obs = make_progress(opts.progress, opts.total)
             if obs is not None:
                 self.observers.append(obs)
-        plan = self._plan(self.backend, self.total)
+        # fn's last run on a pool's workers tells where chunk sizing starts
+        pace = (self.warm_workers.pace(fn)
+                if self.warm_workers is not None and self.probe is None else None)
+        plan = self._plan(self.backend, self.total, pace)
         if self.probe is not None and opts.chunk_size == "auto":
             plan.chunks.fixed = plan.chunks.size = 1  # one item at a time: each one is timed
-        elif self.warm_workers is not None:
-            pace = self.warm_workers.pace(fn)  # fn's last run on these workers
-            if pace is not None:
-                plan.chunks.seed(pace)
         self.engine = Engine(source, opts, chunks=plan.chunks, window=plan.window,
                              store=self.store, total=self.total,
                              track_settled=self.store is not None or bool(self.observers))
@@ -130,8 +129,8 @@ class Run:
         warm = self.warm_workers = self.warm(name) if self.warm is not None else None
         return warm.serve(self.fn, self.opts, n) if warm is not None else cls(self.fn, self.opts, n)
 
-    def _plan(self, backend: Backend, total: int | None) -> planner.Plan:
-        return planner.plan(self.opts, backend.traits, total, backend.workers)
+    def _plan(self, backend: Backend, total: int | None, pace: float | None) -> planner.Plan:
+        return planner.plan(self.opts, backend.traits, total, backend.workers, pace)
 
     @property
     def backend_name(self) -> str:
@@ -218,8 +217,7 @@ class Run:
 
     def _replan(self, backend: Backend) -> None:
         total = None if self.total is None else max(0, self.total - self.engine.pulled)
-        plan = self._plan(backend, total)
-        plan.chunks.seed(self.engine.measured.wall / max(1, self.engine.measured.items))
+        plan = self._plan(backend, total, self.engine.measured.per_item)
         self.engine.set_chunks(plan.chunks, plan.window)
         self.engine.limit(None)
 
@@ -280,9 +278,9 @@ class Run:
         if self.closed:
             return
         self.closed = True
-        measured = self.engine.measured
-        if self.warm_workers is not None and self.probe is None and measured.items:
-            self.warm_workers.learn(self.fn, measured.wall / measured.items)
+        pace = self.engine.measured.per_item
+        if self.warm_workers is not None and self.probe is None and pace is not None:
+            self.warm_workers.learn(self.fn, pace)
         try:
             self.record_settled()
             for obs in self.observers:

@@ -82,7 +82,8 @@ class ChunkPolicy:
         return max(1, int(size))
 
     def seed(self, per_item: float) -> None:
-        """Start from a measured seconds-per-item (the auto probe's), as one sample."""
+        """Start from a measured seconds-per-item (the auto probe's, or a pool's last
+        run of the function), as one sample."""
         if self.adaptive and per_item > 0:
             self.observe(1, per_item, 0)
 
